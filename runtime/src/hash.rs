@@ -23,7 +23,7 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Parse lowercase or uppercase hex; `None` if it is not hex of whole bytes.
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
