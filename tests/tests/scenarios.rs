@@ -1,0 +1,93 @@
+//! Each accepted scenario of DESIGN §6 that has a fixture: start the original program, build the
+//! patch from `fixtures/NAME/prog.c` → `fixtures/NAME/new/prog.c`, apply it, see the new behaviour,
+//! revert it, see the old behaviour, target alive throughout.
+
+use ulp_tests::{check_apply_and_revert, Flavor, Session};
+
+#[test]
+fn global_function_body_change_takes_effect_and_reverts() {
+    check_apply_and_revert("global_fn", Flavor::PIE_O2, "10", "14757", "3051755");
+}
+
+#[test]
+fn static_function_body_change_takes_effect_and_reverts() {
+    check_apply_and_revert(
+        "static_fn",
+        Flavor::PIE_O2,
+        "10",
+        "3976595158",
+        "1997504766",
+    );
+}
+
+#[test]
+fn changed_string_literal_is_printed_after_patch() {
+    check_apply_and_revert(
+        "string_literal",
+        Flavor::PIE_O2,
+        "Ann",
+        "Hello, Ann!",
+        "Good morning, Ann, from the patch!",
+    );
+}
+
+#[test]
+fn patched_function_calls_new_static_helper() {
+    check_apply_and_revert("new_helper", Flavor::PIE_O2, "10", "550", "505");
+}
+
+#[test]
+fn patched_code_calls_printf_and_malloc() {
+    check_apply_and_revert(
+        "libc_calls",
+        Flavor::PIE_O2,
+        "7",
+        "report 14",
+        "report 21 from the heap",
+    );
+}
+
+#[test]
+fn static_local_keeps_its_value_across_patch() {
+    let mut s = Session::start("static_local", Flavor::PIE_O2);
+    for n in 1..=3 {
+        assert_eq!(s.ask("next"), format!("ticket {n}"));
+    }
+    s.apply();
+    for n in 4..=5 {
+        assert_eq!(s.ask("next"), format!("ticket {n} (patched)"));
+    }
+    s.revert();
+    for n in 6..=7 {
+        assert_eq!(s.ask("next"), format!("ticket {n}"));
+    }
+    s.target.assert_alive();
+}
+
+#[test]
+fn patch_can_be_applied_again_after_revert() {
+    let mut s = Session::start("global_fn", Flavor::PIE_O2);
+    assert_eq!(s.ask("10"), "14757");
+    s.apply();
+    assert_eq!(s.ask("10"), "3051755");
+    s.revert();
+    assert_eq!(s.ask("10"), "14757");
+    s.apply();
+    assert_eq!(s.ask("10"), "3051755");
+    s.revert();
+    assert_eq!(s.ask("10"), "14757");
+    s.target.assert_alive();
+}
+
+#[test]
+fn target_blocked_in_read_during_patch_answers_normally() {
+    // Between queries every fixture sits in read(2) on its stdin; the fixture answers "EINTR" if
+    // that read fails with EINTR, so the next answer would be "EINTR" instead of the expected one.
+    let mut s = Session::start("static_local", Flavor::PIE_O2);
+    assert_eq!(s.ask("next"), "ticket 1");
+    s.apply();
+    assert_eq!(s.ask("next"), "ticket 2 (patched)");
+    s.revert();
+    assert_eq!(s.ask("next"), "ticket 3");
+    s.target.assert_alive();
+}
