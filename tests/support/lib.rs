@@ -427,3 +427,75 @@ pub fn check_apply_and_revert(name: &str, flavor: Flavor, query: &str, old: &str
     assert_eq!(s.ask(query), old, "after reverting the patch");
     s.target.assert_alive();
 }
+
+/// A fixture with one query and the answers of its original and its patched version.
+#[derive(Clone, Copy, Debug)]
+pub struct Case {
+    pub fixture: &'static str,
+    pub query: &'static str,
+    pub old: &'static str,
+    pub new: &'static str,
+}
+
+pub const GLOBAL_FN: Case = Case {
+    fixture: "global_fn",
+    query: "10",
+    old: "14757",
+    new: "3051755",
+};
+pub const STATIC_FN: Case = Case {
+    fixture: "static_fn",
+    query: "10",
+    old: "3976595158",
+    new: "1997504766",
+};
+pub const STRING_LITERAL: Case = Case {
+    fixture: "string_literal",
+    query: "Ann",
+    old: "Hello, Ann!",
+    new: "Good morning, Ann, from the patch!",
+};
+pub const NEW_HELPER: Case = Case {
+    fixture: "new_helper",
+    query: "10",
+    old: "550",
+    new: "505",
+};
+pub const LIBC_CALLS: Case = Case {
+    fixture: "libc_calls",
+    query: "7",
+    old: "report 14",
+    new: "report 21 from the heap",
+};
+pub const THREADS: Case = Case {
+    fixture: "threads",
+    query: "results",
+    old: "58357 58357 58357 58357",
+    new: "731660 731660 731660 731660",
+};
+/// The first answer of a fresh process; later answers count up.
+pub const STATIC_LOCAL: Case = Case {
+    fixture: "static_local",
+    query: "next",
+    old: "ticket 1",
+    new: "ticket 1 (patched)",
+};
+
+/// Every fixture that answers queries.
+pub const ALL_CASES: [Case; 7] = [
+    GLOBAL_FN,
+    STATIC_FN,
+    STRING_LITERAL,
+    NEW_HELPER,
+    LIBC_CALLS,
+    THREADS,
+    STATIC_LOCAL,
+];
+
+impl Case {
+    /// See [`check_apply_and_revert`].
+    #[track_caller]
+    pub fn check(&self, flavor: Flavor) {
+        check_apply_and_revert(self.fixture, flavor, self.query, self.old, self.new);
+    }
+}

@@ -1,11 +1,11 @@
 //! The same patches in position-independent and fixed-address executables, optimised and not.
 
-use ulp_tests::{check_apply_and_revert, Flavor};
+use ulp_tests::{Flavor, GLOBAL_FN, LIBC_CALLS, NEW_HELPER, STATIC_FN, STRING_LITERAL};
 
 fn global_and_static_functions_are_patched(flavor: Flavor) {
-    check_apply_and_revert("global_fn", flavor, "10", "14757", "3051755");
-    check_apply_and_revert("static_fn", flavor, "10", "3976595158", "1997504766");
-    check_apply_and_revert("new_helper", flavor, "10", "550", "505");
+    GLOBAL_FN.check(flavor);
+    STATIC_FN.check(flavor);
+    NEW_HELPER.check(flavor);
 }
 
 #[test]
@@ -30,18 +30,6 @@ fn non_pie_executable_at_o0_is_patched() {
 
 #[test]
 fn string_literal_and_libc_calls_in_non_pie_executable() {
-    check_apply_and_revert(
-        "string_literal",
-        Flavor::NO_PIE_O2,
-        "Ann",
-        "Hello, Ann!",
-        "Good morning, Ann, from the patch!",
-    );
-    check_apply_and_revert(
-        "libc_calls",
-        Flavor::NO_PIE_O2,
-        "7",
-        "report 14",
-        "report 21 from the heap",
-    );
+    STRING_LITERAL.check(Flavor::NO_PIE_O2);
+    LIBC_CALLS.check(Flavor::NO_PIE_O2);
 }

@@ -2,49 +2,31 @@
 //! patch from `fixtures/NAME/prog.c` → `fixtures/NAME/new/prog.c`, apply it, see the new behaviour,
 //! revert it, see the old behaviour, target alive throughout.
 
-use ulp_tests::{check_apply_and_revert, Flavor, Session};
+use ulp_tests::{Flavor, Session, GLOBAL_FN, LIBC_CALLS, NEW_HELPER, STATIC_FN, STRING_LITERAL};
 
 #[test]
 fn global_function_body_change_takes_effect_and_reverts() {
-    check_apply_and_revert("global_fn", Flavor::PIE_O2, "10", "14757", "3051755");
+    GLOBAL_FN.check(Flavor::PIE_O2);
 }
 
 #[test]
 fn static_function_body_change_takes_effect_and_reverts() {
-    check_apply_and_revert(
-        "static_fn",
-        Flavor::PIE_O2,
-        "10",
-        "3976595158",
-        "1997504766",
-    );
+    STATIC_FN.check(Flavor::PIE_O2);
 }
 
 #[test]
 fn changed_string_literal_is_printed_after_patch() {
-    check_apply_and_revert(
-        "string_literal",
-        Flavor::PIE_O2,
-        "Ann",
-        "Hello, Ann!",
-        "Good morning, Ann, from the patch!",
-    );
+    STRING_LITERAL.check(Flavor::PIE_O2);
 }
 
 #[test]
 fn patched_function_calls_new_static_helper() {
-    check_apply_and_revert("new_helper", Flavor::PIE_O2, "10", "550", "505");
+    NEW_HELPER.check(Flavor::PIE_O2);
 }
 
 #[test]
 fn patched_code_calls_printf_and_malloc() {
-    check_apply_and_revert(
-        "libc_calls",
-        Flavor::PIE_O2,
-        "7",
-        "report 14",
-        "report 21 from the heap",
-    );
+    LIBC_CALLS.check(Flavor::PIE_O2);
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! fixtures/threads/prog.c), so every thread must show the new code after apply and the old after
 //! revert.
 
-use ulp_tests::{Flavor, Session};
+use ulp_tests::{Flavor, Session, THREADS};
 
-const OLD: &str = "58357 58357 58357 58357";
-const NEW: &str = "731660 731660 731660 731660";
+const OLD: &str = THREADS.old;
+const NEW: &str = THREADS.new;
 
 fn four_busy_threads_switch_to_new_code(flavor: Flavor) {
     let mut s = Session::start("threads", flavor);
