@@ -33,3 +33,15 @@ fn string_literal_and_libc_calls_in_non_pie_executable() {
     STRING_LITERAL.check(Flavor::NO_PIE_O2);
     LIBC_CALLS.check(Flavor::NO_PIE_O2);
 }
+
+#[test]
+fn static_local_keeps_its_value_in_non_pie_executable_at_o0() {
+    let mut s = ulp_tests::Session::start("static_local", Flavor::NO_PIE_O0);
+    assert_eq!(s.ask("next"), "ticket 1");
+    assert_eq!(s.ask("next"), "ticket 2");
+    s.apply();
+    assert_eq!(s.ask("next"), "ticket 3 (patched)");
+    s.revert();
+    assert_eq!(s.ask("next"), "ticket 4");
+    s.target.assert_alive();
+}
