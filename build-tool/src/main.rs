@@ -1,1 +1,5 @@
-fn main() {}
+//! The `ulp-build` command; everything lives in the `ulp_build` library.
+
+fn main() {
+    std::process::exit(ulp_build::cli::main());
+}

@@ -1,0 +1,221 @@
+//! The `ulp-build` command line: flags (defined once, with clap), the pipeline run end to end, exit
+//! codes (0 written · 1 error · 2 cannot be live-patched · 3 no change) and the human or `--json`
+//! summary.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde_json::json;
+use ulp_runtime::meta::Binding;
+use ulp_runtime::Patch;
+
+use crate::compile::{compile_pair, find_compiler, split_flags, CompileError};
+use crate::object_model::ObjectModel;
+use crate::{closure, compare, correlate, emit, refuse};
+
+/// Turn a change to a C source file into a live patch (.ulp).
+#[derive(Debug, Parser)]
+#[command(name = "ulp-build", version)]
+pub struct Args {
+    /// The source the running program was built from.
+    pub old: PathBuf,
+    /// The fixed source.
+    pub new: PathBuf,
+    /// Where to write the patch.
+    #[arg(short = 'o', long = "output", value_name = "OUT.ulp")]
+    pub output: PathBuf,
+    /// C compiler (a name looked up on PATH, or a path); default gcc, else cc.
+    #[arg(long, value_name = "CC")]
+    pub cc: Option<String>,
+    /// Extra compiler flags (split on whitespace; repeatable); use the running program's flags.
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
+    pub cflags: Vec<String>,
+    /// Patch name (default: the output file's stem).
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the pipeline decided for a pair of objects.
+#[derive(Debug)]
+pub enum Analysis {
+    /// A patch to write, and the names of the new functions it carries.
+    Patch {
+        patch: Box<Patch>,
+        new_functions: Vec<String>,
+    },
+    /// Nothing to patch.
+    NoChange,
+    /// The change cannot be live-patched; one reason per problem.
+    Refused(Vec<String>),
+}
+
+/// Run correlate → compare → closure → refuse → emit on two parsed objects.
+pub fn analyze(old: &ObjectModel, new: &ObjectModel, name: &str) -> Result<Analysis> {
+    let correlation = correlate::correlate(old, new);
+    let changes = compare::find_changes(old, new, &correlation);
+    let closure = closure::close(old, new, &correlation, &changes);
+    let mut reasons = refuse::data_changes(old, new, &correlation);
+    reasons.extend(refuse::function_changes(old, new, &changes));
+    reasons.extend(refuse::constructor_changes(old, new, &changes));
+    reasons.extend(refuse::carried_content(new, &closure));
+    if !reasons.is_empty() {
+        return Ok(Analysis::Refused(reasons));
+    }
+    if changes.is_empty() {
+        return Ok(Analysis::NoChange);
+    }
+    let patch = emit::emit(old, new, &changes, &closure, name)?;
+    let new_functions = emit::new_function_names(old, &patch);
+    Ok(Analysis::Patch {
+        patch: Box::new(patch),
+        new_functions,
+    })
+}
+
+/// Run the command; returns the process exit status.
+pub fn main() -> i32 {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                print!("{e}");
+                return 0;
+            }
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("bad arguments");
+            let line = line.strip_prefix("error: ").unwrap_or(line);
+            eprintln!("error: {line}");
+            return 1;
+        }
+    };
+    match run(&args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {:#}", e);
+            if let Some(CompileError::Failed { stderr, .. }) = e.downcast_ref::<CompileError>() {
+                eprint!("{stderr}");
+            }
+            1
+        }
+    }
+}
+
+fn base_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn run(args: &Args) -> Result<i32> {
+    for source in [&args.old, &args.new] {
+        if !source.is_file() {
+            anyhow::bail!("{}: no such file", source.display());
+        }
+    }
+    let compiler = find_compiler(args.cc.as_deref())?;
+    let flags = split_flags(&args.cflags);
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let (old_object, new_object) =
+        compile_pair(&compiler, &flags, &args.old, &args.new, dir.path())?;
+    let parse = |path: &Path, source: &Path| -> Result<ObjectModel> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        ObjectModel::parse(&bytes, &base_name(source))
+            .with_context(|| format!("object of {}", source.display()))
+    };
+    let old = parse(&old_object, &args.old)?;
+    let new = parse(&new_object, &args.new)?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .output
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "patch".to_string()),
+    };
+    let (mut patch, new_functions) = match analyze(&old, &new, &name)? {
+        Analysis::Refused(reasons) => {
+            for reason in reasons {
+                eprintln!("error: cannot live-patch: {reason}");
+            }
+            return Ok(2);
+        }
+        Analysis::NoChange => {
+            eprintln!("ulp-build: no change between OLD and NEW");
+            return Ok(3);
+        }
+        Analysis::Patch {
+            patch,
+            new_functions,
+        } => (*patch, new_functions),
+    };
+    let bytes = ulp_runtime::write_patch(&mut patch)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    std::fs::write(&args.output, bytes)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    if args.json {
+        println!("{}", summary_json(&patch, &new_functions, &args.output));
+    } else {
+        print!("{}", summary_text(&patch, &new_functions, &args.output));
+    }
+    Ok(0)
+}
+
+/// The `--json` summary.
+pub fn summary_json(patch: &Patch, new_functions: &[String], output: &Path) -> serde_json::Value {
+    json!({
+        "id": patch.meta.id,
+        "name": patch.meta.name,
+        "output": output.display().to_string(),
+        "functions": patch.meta.functions.iter().map(|f| json!({
+            "name": f.target.name,
+            "binding": f.target.binding,
+            "file": f.target.file,
+            "original_size": f.original_size,
+            "replacement": f.replacement,
+            "reason": f.reason,
+        })).collect::<Vec<_>>(),
+        "new_functions": new_functions,
+        "new_data": patch.meta.new_data,
+        "references": patch.meta.references,
+    })
+}
+
+/// The human summary.
+pub fn summary_text(patch: &Patch, new_functions: &[String], output: &Path) -> String {
+    let mut text = format!(
+        "ulp-build: wrote {} (patch {}, {})\n",
+        output.display(),
+        patch.meta.id,
+        patch.meta.name
+    );
+    for f in &patch.meta.functions {
+        text += &format!("  replace {}: {}\n", f.target.name, f.reason);
+    }
+    for f in new_functions {
+        text += &format!("  new function {f}\n");
+    }
+    for d in &patch.meta.new_data {
+        text += &format!("  new data {d}\n");
+    }
+    let references: Vec<String> = patch
+        .meta
+        .references
+        .iter()
+        .map(|r| match (&r.file, r.binding) {
+            (Some(file), Binding::Local) => format!("{} ({file})", r.name),
+            _ => r.name.clone(),
+        })
+        .collect();
+    if !references.is_empty() {
+        text += &format!(
+            "  uses from the running program: {}\n",
+            references.join(", ")
+        );
+    }
+    text
+}
