@@ -1,0 +1,257 @@
+//! Stopping and resuming the target's threads with `PTRACE_SEIZE` + `PTRACE_INTERRUPT`.
+//!
+//! Every stop is held by a guard whose `Drop` detaches, so any error path resumes the target. A thread
+//! can report a signal-delivery-stop for a real signal instead of our interrupt stop; that signal is
+//! remembered and delivered when the thread is resumed, never swallowed.
+
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::libc::user_regs_struct;
+use nix::sys::ptrace;
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{failed, Result};
+
+/// How a thread came to a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Our interrupt, a group-stop or another ptrace event stop: no signal to deliver.
+    Event,
+    /// A signal-delivery-stop: this signal must be delivered when the thread resumes.
+    Signal(Signal),
+}
+
+/// One traced, stopped thread.
+#[derive(Debug)]
+pub struct Thread {
+    pub tid: i32,
+    /// The kind of stop the thread is in now.
+    pub stop: Stop,
+    /// A signal taken out of the thread's way while we worked; raised again after detaching.
+    pub deferred: Option<Signal>,
+}
+
+/// The threads of `pid`, from `/proc/PID/task`.
+pub fn thread_ids(pid: i32) -> Result<Vec<i32>> {
+    let dir = format!("/proc/{pid}/task");
+    let entries = std::fs::read_dir(&dir).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            failed!("process {pid} does not exist")
+        } else {
+            failed!("cannot list {dir}: {e}")
+        }
+    })?;
+    let mut tids: Vec<i32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Seize and interrupt `tid`; `Ok(false)` if the thread no longer exists.
+fn seize_and_interrupt(pid: i32, tid: i32) -> Result<bool> {
+    let p = Pid::from_raw(tid);
+    match ptrace::seize(p, ptrace::Options::empty()) {
+        Ok(()) => {}
+        Err(Errno::ESRCH) => return Ok(false),
+        Err(e) => return Err(failed!("cannot trace thread {tid} of process {pid}: {e}")),
+    }
+    match ptrace::interrupt(p) {
+        Ok(()) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => {
+            let _ = ptrace::detach(p, None);
+            Err(failed!(
+                "cannot interrupt thread {tid} of process {pid}: {e}"
+            ))
+        }
+    }
+}
+
+/// Wait until a seized, interrupted thread stops; `None` if it exited meanwhile.
+fn wait_for_stop(pid: i32, tid: i32) -> Result<Option<Stop>> {
+    loop {
+        match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Stopped(_, sig)) => return Ok(Some(Stop::Signal(sig))),
+            Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::PtraceSyscall(_)) => {
+                return Ok(Some(Stop::Event))
+            }
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(None),
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return Ok(None),
+            Err(e) => return Err(failed!("waiting for thread {tid} of process {pid}: {e}")),
+        }
+    }
+}
+
+/// Resume a thread for good, delivering whatever signal it is owed.
+fn release(pid: i32, thread: &Thread) {
+    let p = Pid::from_raw(thread.tid);
+    let sig = match thread.stop {
+        Stop::Signal(sig) => Some(sig),
+        Stop::Event => None,
+    };
+    let _ = ptrace::detach(p, sig);
+    if let Some(sig) = thread.deferred {
+        // Process-directed: the kernel hands it to a thread that does not block it.
+        let _ = signal::kill(Pid::from_raw(pid), sig);
+    }
+}
+
+pub fn get_regs(tid: i32) -> Result<user_regs_struct> {
+    ptrace::getregs(Pid::from_raw(tid))
+        .map_err(|e| failed!("cannot read the registers of thread {tid}: {e}"))
+}
+
+pub fn set_regs(tid: i32, regs: user_regs_struct) -> Result<()> {
+    ptrace::setregs(Pid::from_raw(tid), regs)
+        .map_err(|e| failed!("cannot set the registers of thread {tid}: {e}"))
+}
+
+/// One stopped thread of the target, resumed (with its registers restored) when dropped.
+pub struct StoppedThread {
+    pub pid: i32,
+    pub thread: Thread,
+    /// The registers at the stop, put back before detaching.
+    pub saved: user_regs_struct,
+}
+
+impl StoppedThread {
+    /// Stop one thread: the first of `pid`'s threads that can be stopped (the main thread first).
+    pub fn stop_any(pid: i32) -> Result<StoppedThread> {
+        let mut tids = thread_ids(pid)?;
+        tids.sort_by_key(|&t| t != pid);
+        for tid in tids {
+            if !seize_and_interrupt(pid, tid)? {
+                continue;
+            }
+            let Some(stop) = wait_for_stop(pid, tid)? else {
+                continue;
+            };
+            let thread = Thread {
+                tid,
+                stop,
+                deferred: None,
+            };
+            let saved = match get_regs(tid) {
+                Ok(regs) => regs,
+                Err(e) => {
+                    release(pid, &thread);
+                    return Err(e);
+                }
+            };
+            return Ok(StoppedThread { pid, thread, saved });
+        }
+        Err(failed!("process {pid} has no thread that can be stopped"))
+    }
+
+    /// Single-step once from the current registers and wait for the thread to stop again at
+    /// `expected_rip`. Signals that arrive meanwhile are deferred, never lost.
+    pub fn step_to(&mut self, expected_rip: u64) -> Result<user_regs_struct> {
+        let tid = self.thread.tid;
+        let p = Pid::from_raw(tid);
+        for _ in 0..64 {
+            // A signal-delivery-stop we step from is taken out of the way; it is raised again later.
+            if let Stop::Signal(sig) = self.thread.stop {
+                if sig != Signal::SIGTRAP {
+                    self.thread.deferred.get_or_insert(sig);
+                }
+            }
+            ptrace::step(p, None).map_err(|e| failed!("cannot single-step thread {tid}: {e}"))?;
+            let Some(stop) = wait_for_stop(self.pid, tid)? else {
+                return Err(failed!("thread {tid} of process {} exited", self.pid));
+            };
+            self.thread.stop = stop;
+            let regs = get_regs(tid)?;
+            if regs.rip == expected_rip {
+                return Ok(regs);
+            }
+        }
+        Err(failed!(
+            "thread {tid} did not finish the injected system call"
+        ))
+    }
+}
+
+impl Drop for StoppedThread {
+    fn drop(&mut self) {
+        let _ = ptrace::setregs(Pid::from_raw(self.thread.tid), self.saved);
+        // The single-step trap is ours: do not deliver it.
+        if self.thread.stop == Stop::Signal(Signal::SIGTRAP) {
+            self.thread.stop = Stop::Event;
+        }
+        release(self.pid, &self.thread);
+    }
+}
+
+/// Every thread of the target, stopped; all resumed when dropped.
+pub struct AllThreads {
+    pub pid: i32,
+    pub threads: Vec<Thread>,
+    /// When the first thread was interrupted: the start of the stop window.
+    pub since: Instant,
+}
+
+impl AllThreads {
+    /// Seize and interrupt every thread, re-scanning `/proc/PID/task` until no new thread appears.
+    pub fn stop(pid: i32) -> Result<AllThreads> {
+        let mut all = AllThreads {
+            pid,
+            threads: Vec::new(),
+            since: Instant::now(),
+        };
+        let mut known: Vec<i32> = Vec::new();
+        for _ in 0..100 {
+            let tids = thread_ids(pid)?;
+            let new: Vec<i32> = tids
+                .iter()
+                .copied()
+                .filter(|t| !known.contains(t))
+                .collect();
+            if new.is_empty() {
+                if all.threads.is_empty() {
+                    return Err(failed!("process {pid} has no threads left"));
+                }
+                return Ok(all);
+            }
+            let mut interrupted = Vec::new();
+            for tid in new {
+                known.push(tid);
+                if seize_and_interrupt(pid, tid)? {
+                    interrupted.push(tid);
+                }
+            }
+            for tid in interrupted {
+                if let Some(stop) = wait_for_stop(pid, tid)? {
+                    all.threads.push(Thread {
+                        tid,
+                        stop,
+                        deferred: None,
+                    });
+                }
+            }
+        }
+        Err(failed!(
+            "process {pid} keeps creating threads; cannot stop them all"
+        ))
+    }
+
+    /// Resume every thread now; returns how long the process was stopped.
+    pub fn resume(mut self) -> Duration {
+        for thread in self.threads.drain(..) {
+            release(self.pid, &thread);
+        }
+        self.since.elapsed()
+    }
+}
+
+impl Drop for AllThreads {
+    fn drop(&mut self) {
+        for thread in self.threads.drain(..) {
+            release(self.pid, &thread);
+        }
+    }
+}
