@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{compile, replace_function, return_constant, Target};
-use ulp_apply::{apply, revert, ApplyOptions, Error};
+use ulp_apply::{apply, revert, ApplyOptions};
 
 #[test]
 fn patched_function_answers_new_value_then_old_after_revert() {

@@ -149,3 +149,26 @@ pub fn return_constant(value: u32) -> Vec<u8> {
     code.push(0xc3);
     code
 }
+
+/// Write `patch` as a `.ulp` file in `dir` (the writer fills in the id); the path and the id.
+pub fn write_patch_file(dir: &Path, file: &str, patch: &mut Patch) -> (PathBuf, String) {
+    let bytes = ulp_runtime::write_patch(patch).expect("patch serializes");
+    let path = dir.join(file);
+    std::fs::write(&path, bytes).unwrap();
+    (path, patch.meta.id.clone())
+}
+
+/// Run one of the tools; (exit code, stdout, stderr).
+pub fn run(tool: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(tool).args(args).output().expect("tool runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `/proc/PID/maps` as text.
+pub fn maps_text(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
