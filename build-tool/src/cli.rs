@@ -86,10 +86,16 @@ pub fn main() -> i32 {
                 print!("{e}");
                 return 0;
             }
+            // clap explains over several lines; the contract is one line.
             let text = e.to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            let line = line.strip_prefix("error: ").unwrap_or(line);
-            eprintln!("error: {line}");
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let line = line.join(" ");
+            eprintln!("error: {}", line.strip_prefix("error: ").unwrap_or(&line));
             return 1;
         }
     };

@@ -143,10 +143,21 @@ fn literal_that_only_moved_is_no_change() {
     );
     for flavour in FLAVOURS {
         match build(&old, &new, flavour) {
-            Analysis::Patch { patch, new_functions } => {
+            Analysis::Patch {
+                patch,
+                new_functions,
+            } => {
                 // The only thing that may appear is the new (unused) function itself.
-                assert!(replaced(&patch).is_empty(), "{flavour}: {:?}", replaced(&patch));
-                assert_eq!(new_functions, vec!["unused_but_emitted".to_string()], "{flavour}");
+                assert!(
+                    replaced(&patch).is_empty(),
+                    "{flavour}: {:?}",
+                    replaced(&patch)
+                );
+                assert_eq!(
+                    new_functions,
+                    vec!["unused_but_emitted".to_string()],
+                    "{flavour}"
+                );
             }
             other => panic!("{flavour}: {other:?}"),
         }
@@ -194,7 +205,11 @@ int main(void) { printf("%d\n", compute(2)); return 0; }
         let (patch, new_functions) = patch(build(HELPER_OLD, new, flavour), flavour);
         assert_eq!(replaced(&patch), set(&["compute"]), "{flavour}");
         assert_eq!(new_functions, vec!["helper".to_string()], "{flavour}");
-        assert!(references(&patch).is_empty(), "{flavour}: {:?}", references(&patch));
+        assert!(
+            references(&patch).is_empty(),
+            "{flavour}: {:?}",
+            references(&patch)
+        );
         let (helper, _) = patch.symbol("helper").unwrap();
         assert!(
             patch
@@ -253,7 +268,10 @@ int main(void) { work(3); return 0; }
         let (patch, _) = patch(build(old, new, flavour), flavour);
         assert_eq!(replaced(&patch), set(&["work"]), "{flavour}");
         let refs = references(&patch);
-        assert!(refs.contains("malloc") && refs.contains("free"), "{flavour}: {refs:?}");
+        assert!(
+            refs.contains("malloc") && refs.contains("free"),
+            "{flavour}: {refs:?}"
+        );
         assert!(
             refs.contains("printf") || refs.contains("__printf_chk"),
             "{flavour}: {refs:?}"
@@ -345,7 +363,9 @@ int main(void) { printf("%d\n", compute(2)); return 0; }
         match build(HELPER_OLD, new, flavour) {
             Analysis::Refused(reasons) => assert!(
                 reasons.iter().any(|r| r.contains("per_thread"))
-                    && reasons.iter().any(|r| r.contains("compute") && r.contains("R_X86_64_")),
+                    && reasons
+                        .iter()
+                        .any(|r| r.contains("compute") && r.contains("R_X86_64_")),
                 "{flavour}: {reasons:?}"
             ),
             other => panic!("{flavour}: {other:?}"),
