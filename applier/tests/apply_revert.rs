@@ -25,3 +25,35 @@ fn patched_function_answers_new_value_then_old_after_revert() {
     assert_eq!(target.ask("41"), "42");
     assert!(target.alive());
 }
+
+#[test]
+fn patched_code_calls_a_libc_function_through_a_far_stub() {
+    use object::elf::R_X86_64_PLT32;
+    use ulp_runtime::meta::{Binding, TargetSymbol};
+    use ulp_runtime::patch::{RelocTarget, Relocation};
+
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), &[]);
+    let mut target = Target::start(&exe, &[]);
+    // mov $-5, %edi; jmp abs
+    let code = vec![0xbf, 0xfb, 0xff, 0xff, 0xff, 0xe9, 0, 0, 0, 0];
+    let mut patch = replace_function(&exe, "answer", code);
+    patch.meta.references.push(TargetSymbol {
+        name: "abs".into(),
+        binding: Binding::Global,
+        file: None,
+        position: 0,
+    });
+    patch.relocations.push(Relocation {
+        section: 0,
+        offset: 6,
+        r_type: R_X86_64_PLT32,
+        target: RelocTarget::External(0),
+        addend: -4,
+    });
+    let report = apply(target.pid(), &patch, &ApplyOptions::default()).unwrap();
+    assert!(report.references[0].address != 0);
+    assert_eq!(target.ask("1"), "5");
+    revert(target.pid(), None, Duration::from_secs(5)).unwrap();
+    assert_eq!(target.ask("1"), "2");
+}
