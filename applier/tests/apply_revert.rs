@@ -57,3 +57,17 @@ fn patched_code_calls_a_libc_function_through_a_far_stub() {
     revert(target.pid(), None, Duration::from_secs(5)).unwrap();
     assert_eq!(target.ask("1"), "2");
 }
+
+#[test]
+fn function_is_patched_while_another_thread_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), &[]);
+    let mut target = Target::start(&exe, &["busy"]);
+    let patch = replace_function(&exe, "answer", return_constant(12));
+    let report = apply(target.pid(), &patch, &ApplyOptions::default()).unwrap();
+    assert_eq!(report.attempts, 1);
+    assert_eq!(target.ask("1"), "12");
+    revert(target.pid(), Some(&patch.meta.id), Duration::from_secs(5)).unwrap();
+    assert_eq!(target.ask("1"), "2");
+    assert!(target.alive());
+}
