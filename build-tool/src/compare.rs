@@ -32,7 +32,14 @@ impl fmt::Display for Meaning {
             Meaning::Symbol { name, place } => write!(f, "'{name}'{place:+}"),
             Meaning::String(s) => write!(f, "string {:?}", String::from_utf8_lossy(s)),
             Meaning::Constant { .. } => write!(f, "a different constant"),
-            Meaning::Anonymous { section, .. } => write!(f, "a different {section}"),
+            Meaning::Anonymous { section, bytes } => {
+                let text = bytes.split(|&b| b == 0).next().unwrap_or(&[]);
+                if !text.is_empty() && text.iter().all(|b| b.is_ascii_graphic() || b == &b' ') {
+                    write!(f, "string {:?}", String::from_utf8_lossy(text))
+                } else {
+                    write!(f, "a different constant in {section}")
+                }
+            }
             Meaning::Absolute(v) => write!(f, "absolute {v:#x}"),
         }
     }

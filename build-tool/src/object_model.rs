@@ -367,7 +367,7 @@ impl ObjectModel {
     }
 
     /// The item of anonymous section `section` that starts at `place`: bytes up to the next place
-    /// some relocation of this object refers to, or the end of the section.
+    /// some relocation of this object refers to, or the end of the section, without trailing zeros.
     pub fn anonymous_item(&self, section: usize, place: i64) -> Vec<u8> {
         let next = self
             .anonymous_places
@@ -375,7 +375,13 @@ impl ObjectModel {
             .and_then(|l| l.iter().find(|&&p| p > place).copied())
             .unwrap_or(self.sections[section].size as i64);
         let start = place.max(0) as u64;
-        self.sections[section].bytes(start, (next.max(place) - place) as u64)
+        let mut bytes = self.sections[section].bytes(start, (next.max(place) - place) as u64);
+        // Alignment padding before the next item is not part of this one (a literal that only moved
+        // may be followed by more or fewer padding zeros).
+        while bytes.last() == Some(&0) {
+            bytes.pop();
+        }
+        bytes
     }
 
     /// The named symbol with this exact name (defined, common or undefined).

@@ -386,3 +386,44 @@ fn function_too_small_for_a_jump_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn pc_relative_target_uses_the_instruction_end_not_minus_4() {
+    // `movl $5, counter(%rip)` has its 4-byte immediate after the displacement: addend is -8, yet it
+    // refers to `counter` itself; a store of 5 vs 6 must be the only difference found.
+    let old = r#"
+static int counter;
+__attribute__((noipa)) void set(void) { counter = 5; }
+__attribute__((noipa)) int get(void) { return counter; }
+"#;
+    let new = old.replace("counter = 5", "counter = 6");
+    for flavour in FLAVOURS {
+        let (patch, _) = patch(build(old, &new, flavour), flavour);
+        assert_eq!(replaced(&patch), set(&["set"]), "{flavour}");
+        let counter = &patch.meta.references;
+        assert_eq!(counter.len(), 1, "{flavour}: {counter:?}");
+        assert_eq!(counter[0].name, "counter");
+        assert_eq!(counter[0].binding, Binding::Local);
+        let reloc = patch
+            .relocations
+            .iter()
+            .find(|r| r.target == RelocTarget::External(0))
+            .unwrap();
+        assert_eq!(reloc.addend, -8, "{flavour}");
+    }
+}
+
+#[test]
+fn changed_constructor_is_refused() {
+    let old = r#"
+int ready;
+__attribute__((constructor)) static void init(void) { ready = 1; __asm__ volatile("nop; nop; nop; nop; nop; nop"); }
+"#;
+    let new = old.replace("ready = 1", "ready = 2");
+    match build(old, &new, "-O2") {
+        Analysis::Refused(reasons) => {
+            assert!(reasons.iter().any(|r| r.contains("'init'")), "{reasons:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
