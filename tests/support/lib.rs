@@ -461,6 +461,13 @@ pub const NEW_HELPER: Case = Case {
     old: "550",
     new: "505",
 };
+/// Like [`NEW_HELPER`], but `main` calls `price` directly (see `fixtures/caller_registers`).
+pub const CALLER_REGISTERS: Case = Case {
+    fixture: "caller_registers",
+    query: "10",
+    old: "550",
+    new: "505",
+};
 pub const LIBC_CALLS: Case = Case {
     fixture: "libc_calls",
     query: "7",

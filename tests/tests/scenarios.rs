@@ -73,3 +73,46 @@ fn target_blocked_in_read_during_patch_answers_normally() {
     assert_eq!(s.ask("next"), "ticket 3");
     s.target.assert_alive();
 }
+
+#[test]
+fn change_that_alters_a_running_caller_is_refused_or_fully_applied() {
+    // fixtures/caller_registers: with GCC's -fipa-ra at -O2, main() may depend on the registers
+    // price() clobbers, so main() is part of the patch; main() never returns. Either ulp-build
+    // refuses (2), or ulp-apply refuses (2) and the target answers as before, or (a compiler
+    // whose main() does not change) the patch takes effect. Never a half-applied target.
+    let case = ulp_tests::CALLER_REGISTERS;
+    let (old, new) = ulp_tests::scenario(case.fixture);
+    let flavor = Flavor::PIE_O2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = ulp_tests::compile_fixture(&old, dir.path(), flavor);
+    let patch = dir.path().join("fix.ulp");
+    let built = ulp_tests::ulp_build(&old, &new, &patch, &flavor.cflags(), &[]);
+    if built.code == Some(2) {
+        built.expect_one_error_line();
+        return;
+    }
+    built.expect_code(0, "ulp-build");
+    let mut target = ulp_tests::Target::spawn(&exe);
+    assert_eq!(target.ask(case.query), case.old);
+    let applied = ulp_tests::ulp_apply(
+        target.pid(),
+        &[patch.as_os_str(), "--timeout".as_ref(), "1".as_ref()],
+    );
+    match applied.code {
+        Some(2) => {
+            applied.expect_one_error_line();
+            assert_eq!(
+                target.ask(case.query),
+                case.old,
+                "refused: target untouched"
+            );
+        }
+        Some(0) => {
+            assert_eq!(target.ask(case.query), case.new, "applied");
+            ulp_tests::revert_ok(target.pid());
+            assert_eq!(target.ask(case.query), case.old, "reverted");
+        }
+        _ => panic!("ulp-apply: unexpected result {applied:?}"),
+    }
+    target.assert_alive();
+}
