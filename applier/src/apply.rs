@@ -2,7 +2,7 @@
 //! `mmap`/`mprotect`), commit (all threads stopped: safety check, jumps, state header). Any failure
 //! leaves the target as it was: the region is unmapped, bytes restored, every thread resumed.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::libc;
 use serde::Serialize;
@@ -14,13 +14,13 @@ use ulp_runtime::state::{self, AppliedFunction, AppliedPatch};
 use ulp_runtime::x86_64::{self, JMP_REL32_LEN};
 use ulp_runtime::Patch;
 
-use crate::error::{failed, refused, Error, Result};
+use crate::error::{failed, refused, Result};
 use crate::maps::{self, Mapping};
 use crate::memory::Memory;
 use crate::placement;
-use crate::ptrace::AllThreads;
+use crate::quiesce;
 use crate::remote_syscall::{find_syscall_instruction, RemoteSyscaller};
-use crate::safety::{self, Guarded};
+use crate::safety::Guarded;
 use crate::state_scan;
 use crate::symbols::Target;
 
@@ -400,7 +400,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         .map(|r| Guarded {
             start: r.address,
             end: r.address + r.size,
-            name: r.name.clone(),
+            name: format!("function '{}'", r.name),
         })
         .collect();
     let header = AppliedPatch {
@@ -437,39 +437,19 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         ));
     }
 
-    let started = Instant::now();
-    loop {
-        report.attempts += 1;
-        let threads = AllThreads::stop(pid)?;
-        let maps_now = maps::read(pid)?;
-        match safety::find_busy(&threads, &maps_now, &memory, &guarded)? {
-            None => {
-                commit(
-                    &memory,
-                    &inspection.redirects,
-                    &jumps,
-                    image.base,
-                    &header_bytes,
-                )?;
-                let window = threads.resume();
-                region.committed = true;
-                report.stop_us = Some(window.as_micros() as u64);
-                return Ok(report);
-            }
-            Some(busy) => {
-                drop(threads);
-                if started.elapsed() >= options.timeout {
-                    return Err(Error::Refused(format!(
-                        "function '{}' is in use by thread {}; gave up after {}s",
-                        busy.name,
-                        busy.tid,
-                        options.timeout.as_secs_f64()
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
+    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, options.timeout)?;
+    report.attempts = safe.bursts + 1;
+    commit(
+        &memory,
+        &inspection.redirects,
+        &jumps,
+        image.base,
+        &header_bytes,
+    )?;
+    let window = safe.threads.resume();
+    region.committed = true;
+    report.stop_us = Some(window.as_micros() as u64);
+    Ok(report)
 }
 
 /// With every thread stopped: check the entries are still as inspected, write the jumps, then the

@@ -14,6 +14,7 @@ pub mod maps;
 pub mod memory;
 pub mod placement;
 pub mod ptrace;
+pub mod quiesce;
 pub mod remote_syscall;
 pub mod report;
 pub mod revert;

@@ -193,6 +193,8 @@ pub struct AllThreads {
     pub threads: Vec<Thread>,
     /// When the first thread was interrupted: the start of the stop window.
     pub since: Instant,
+    /// Every thread id ever seen, so a thread that vanished is not chased again.
+    known: Vec<i32>,
 }
 
 impl AllThreads {
@@ -202,31 +204,36 @@ impl AllThreads {
             pid,
             threads: Vec::new(),
             since: Instant::now(),
+            known: Vec::new(),
         };
-        let mut known: Vec<i32> = Vec::new();
+        all.catch_new()?;
+        if all.threads.is_empty() {
+            return Err(failed!("process {pid} has no threads left"));
+        }
+        Ok(all)
+    }
+
+    /// Seize and interrupt threads that appeared since the last scan, until the set is stable.
+    pub fn catch_new(&mut self) -> Result<()> {
+        let pid = self.pid;
         for _ in 0..100 {
-            let tids = thread_ids(pid)?;
-            let new: Vec<i32> = tids
-                .iter()
-                .copied()
-                .filter(|t| !known.contains(t))
+            let new: Vec<i32> = thread_ids(pid)?
+                .into_iter()
+                .filter(|t| !self.known.contains(t))
                 .collect();
             if new.is_empty() {
-                if all.threads.is_empty() {
-                    return Err(failed!("process {pid} has no threads left"));
-                }
-                return Ok(all);
+                return Ok(());
             }
             let mut interrupted = Vec::new();
             for tid in new {
-                known.push(tid);
+                self.known.push(tid);
                 if seize_and_interrupt(pid, tid)? {
                     interrupted.push(tid);
                 }
             }
             for tid in interrupted {
                 if let Some(stop) = wait_for_stop(pid, tid)? {
-                    all.threads.push(Thread {
+                    self.threads.push(Thread {
                         tid,
                         stop,
                         deferred: None,
@@ -237,6 +244,49 @@ impl AllThreads {
         Err(failed!(
             "process {pid} keeps creating threads; cannot stop them all"
         ))
+    }
+
+    /// Let only the threads `tids` run for `burst` while every other thread stays stopped, then stop
+    /// them again. A signal a thread was stopped for is delivered when it runs; threads that exit
+    /// meanwhile are forgotten.
+    pub fn run_only(&mut self, tids: &[i32], burst: Duration) -> Result<()> {
+        let pid = self.pid;
+        let mut running = Vec::new();
+        for thread in self.threads.iter_mut().filter(|t| tids.contains(&t.tid)) {
+            let sig = match thread.stop {
+                Stop::Signal(sig) => Some(sig),
+                Stop::Event => None,
+            };
+            match ptrace::cont(Pid::from_raw(thread.tid), sig) {
+                Ok(()) | Err(Errno::ESRCH) => running.push(thread.tid),
+                Err(e) => return Err(failed!("cannot resume thread {}: {e}", thread.tid)),
+            }
+            thread.stop = Stop::Event;
+        }
+        std::thread::sleep(burst);
+        let mut gone = Vec::new();
+        for tid in running {
+            let stop = match ptrace::interrupt(Pid::from_raw(tid)) {
+                Ok(()) => wait_for_stop(pid, tid)?,
+                Err(Errno::ESRCH) => {
+                    // Exited: reap it if it is waiting for its tracer.
+                    let flags = WaitPidFlag::__WALL | WaitPidFlag::WNOHANG;
+                    let _ = waitpid(Pid::from_raw(tid), Some(flags));
+                    None
+                }
+                Err(e) => return Err(failed!("cannot interrupt thread {tid}: {e}")),
+            };
+            match stop {
+                Some(stop) => {
+                    if let Some(thread) = self.threads.iter_mut().find(|t| t.tid == tid) {
+                        thread.stop = stop;
+                    }
+                }
+                None => gone.push(tid),
+            }
+        }
+        self.threads.retain(|t| !gone.contains(&t.tid));
+        Ok(())
     }
 
     /// Resume every thread now; returns how long the process was stopped.

@@ -2,7 +2,7 @@
 //! check the entry jumps are still ours, restore the saved bytes and retire the state header; then,
 //! with the target running again, unmap the region (one thread stopped briefly).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -12,9 +12,9 @@ use ulp_runtime::state::{AppliedPatch, STATE_MAGIC};
 use crate::error::{failed, refused, Result};
 use crate::maps;
 use crate::memory::Memory;
-use crate::ptrace::AllThreads;
+use crate::quiesce;
 use crate::remote_syscall::RemoteSyscaller;
-use crate::safety::{self, Guarded};
+use crate::safety::Guarded;
 use crate::state_scan;
 
 /// What `revert` did.
@@ -59,45 +59,27 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
     let guarded = [Guarded {
         start: patch.region_start,
         end: patch.region_start + patch.region_size,
-        name: format!("patch {}", patch.id),
+        name: format!("code of patch {}", patch.id),
     }];
 
-    let started = Instant::now();
-    let mut attempts = 0;
-    let stop_us = loop {
-        attempts += 1;
-        let threads = AllThreads::stop(pid)?;
-        let maps_now = maps::read(pid)?;
-        if let Some(busy) = safety::find_busy(&threads, &maps_now, &memory, &guarded)? {
-            drop(threads);
-            if started.elapsed() >= timeout {
-                return Err(refused!(
-                    "code of patch {} is in use by thread {}; gave up after {}s",
-                    patch.id,
-                    busy.tid,
-                    timeout.as_secs_f64()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            continue;
+    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, timeout)?;
+    let attempts = safe.bursts + 1;
+    for (f, _, written) in &restores {
+        if memory.read(f.jump_at, written.len())? != *written {
+            return Err(refused!(
+                "function '{}' at {:#x} no longer holds the jump of patch {}; not reverting",
+                f.name,
+                f.jump_at,
+                patch.id
+            ));
         }
-        for (f, _, written) in &restores {
-            if memory.read(f.jump_at, written.len())? != *written {
-                return Err(refused!(
-                    "function '{}' at {:#x} no longer holds the jump of patch {}; not reverting",
-                    f.name,
-                    f.jump_at,
-                    patch.id
-                ));
-            }
-        }
-        for (f, saved, _) in &restores {
-            memory.write(f.jump_at, saved)?;
-        }
-        // The header must never claim a patch that is not applied.
-        memory.write(patch.region_start, &[0; STATE_MAGIC.len()])?;
-        break threads.resume().as_micros() as u64;
-    };
+    }
+    for (f, saved, _) in &restores {
+        memory.write(f.jump_at, saved)?;
+    }
+    // The header must never claim a patch that is not applied.
+    memory.write(patch.region_start, &[0; STATE_MAGIC.len()])?;
+    let stop_us = safe.threads.resume().as_micros() as u64;
 
     let mut remote = RemoteSyscaller::new(pid, &maps, &memory)?;
     remote.munmap(patch.region_start, patch.region_size)?;

@@ -1,7 +1,9 @@
 //! The safety check made while every thread is stopped: no thread may be executing, or about to
 //! return into, code that the operation replaces or removes. Each thread's PC is checked, and every
 //! 8-byte word of its stack from `rsp` to the end of the stack's mapping (a conservative scan: any
-//! word that looks like an address in a range counts).
+//! word that looks like a return address into a range counts). A word equal to a range's first byte
+//! is a function pointer, not a return address (a return address follows a call instruction), so it
+//! does not count.
 
 use crate::error::Result;
 use crate::maps::{self, Mapping};
@@ -26,46 +28,55 @@ pub struct Busy {
 /// Largest stack span scanned per thread.
 const MAX_STACK_SCAN: u64 = 64 << 20;
 
-/// The first thread that uses one of `guarded`, if any.
-pub fn find_busy(
+/// Every stopped thread that uses one of `guarded`.
+pub fn busy_threads(
     threads: &AllThreads,
     maps: &[Mapping],
     memory: &Memory,
     guarded: &[Guarded],
-) -> Result<Option<Busy>> {
-    let hit = |address: u64| {
-        guarded
-            .iter()
-            .find(|g| g.start <= address && address < g.end)
-    };
+) -> Result<Vec<Busy>> {
+    let mut busy = Vec::new();
     for thread in &threads.threads {
-        let regs = ptrace::get_regs(thread.tid)?;
-        if let Some(g) = hit(regs.rip) {
-            return Ok(Some(Busy {
+        if let Some(g) = thread_use(thread.tid, maps, memory, guarded)? {
+            busy.push(Busy {
                 tid: thread.tid,
                 name: g.name.clone(),
-            }));
+            });
         }
-        let rsp = regs.rsp & !7;
-        let Some(stack) = maps::find(maps, rsp) else {
-            continue;
-        };
-        let end = stack.end.min(rsp.saturating_add(MAX_STACK_SCAN));
-        let mut at = rsp;
-        while at < end {
-            let len = (end - at).min(1 << 16) as usize;
-            let bytes = memory.read(at, len)?;
-            for word in bytes.chunks_exact(8) {
-                let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-                if let Some(g) = hit(value) {
-                    return Ok(Some(Busy {
-                        tid: thread.tid,
-                        name: g.name.clone(),
-                    }));
-                }
+    }
+    Ok(busy)
+}
+
+/// The guarded range thread `tid` is executing in or would return into, if any.
+fn thread_use<'a>(
+    tid: i32,
+    maps: &[Mapping],
+    memory: &Memory,
+    guarded: &'a [Guarded],
+) -> Result<Option<&'a Guarded>> {
+    let regs = ptrace::get_regs(tid)?;
+    if let Some(g) = guarded
+        .iter()
+        .find(|g| g.start <= regs.rip && regs.rip < g.end)
+    {
+        return Ok(Some(g));
+    }
+    let rsp = regs.rsp & !7;
+    let Some(stack) = maps::find(maps, rsp) else {
+        return Ok(None);
+    };
+    let end = stack.end.min(rsp.saturating_add(MAX_STACK_SCAN));
+    let mut at = rsp;
+    while at < end {
+        let len = (end - at).min(1 << 16) as usize;
+        let bytes = memory.read(at, len)?;
+        for word in bytes.chunks_exact(8) {
+            let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+            if let Some(g) = guarded.iter().find(|g| g.start < value && value < g.end) {
+                return Ok(Some(g));
             }
-            at += len as u64;
         }
+        at += len as u64;
     }
     Ok(None)
 }

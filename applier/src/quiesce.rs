@@ -1,0 +1,90 @@
+//! Bringing the target to a stop in which no thread uses the code being replaced or removed.
+//!
+//! Hot functions on busy threads are almost never idle everywhere at one instant, so retrying with
+//! every thread resumed rarely succeeds. Instead: stop every thread; keep the threads found safe
+//! stopped; let only the busy ones run, alone, in short bursts, and stop them again, until each has
+//! been caught outside the guarded code. Because safe threads stay stopped, the set of safe threads
+//! only grows. A busy thread may be waiting for one of the stopped threads, so every
+//! [`ROUND`] everything is released briefly and the process starts over; after the timeout the
+//! operation is refused, naming the thread and the function, with every thread resumed.
+
+use std::time::{Duration, Instant};
+
+use crate::error::{refused, Result};
+use crate::maps;
+use crate::memory::Memory;
+use crate::ptrace::AllThreads;
+use crate::safety::{self, Guarded};
+
+/// How long busy threads get to leave the guarded code before everyone is released and we start over.
+const ROUND: Duration = Duration::from_millis(200);
+/// Pause, with every thread running, between two rounds.
+const BREATHER: Duration = Duration::from_millis(10);
+
+/// What the caller of [`stop_when_safe`] gets: every thread stopped, none using guarded code.
+pub struct SafeStop {
+    pub threads: AllThreads,
+    /// How many times the busy threads were let run before the process was safe.
+    pub bursts: u32,
+}
+
+/// Stop every thread of `pid` such that no thread uses `guarded`, or refuse after `timeout`.
+pub fn stop_when_safe(
+    pid: i32,
+    memory: &Memory,
+    guarded: &[Guarded],
+    timeout: Duration,
+) -> Result<SafeStop> {
+    let started = Instant::now();
+    let mut bursts = 0u32;
+    loop {
+        let round = Instant::now();
+        let mut threads = AllThreads::stop(pid)?;
+        loop {
+            threads.catch_new()?;
+            let maps_now = maps::read(pid)?;
+            let busy = safety::busy_threads(&threads, &maps_now, memory, guarded)?;
+            let Some(first) = busy.first() else {
+                return Ok(SafeStop { threads, bursts });
+            };
+            if started.elapsed() >= timeout {
+                return Err(refused!(
+                    "{} is in use by thread {}; gave up after {}s",
+                    first.name,
+                    first.tid,
+                    timeout.as_secs_f64()
+                ));
+            }
+            if round.elapsed() >= ROUND {
+                break;
+            }
+            let tids: Vec<i32> = busy.iter().map(|b| b.tid).collect();
+            threads.run_only(&tids, burst_length(bursts))?;
+            bursts += 1;
+        }
+        drop(threads);
+        std::thread::sleep(BREATHER);
+    }
+}
+
+/// Burst lengths between 50 µs and about 1.6 ms that vary from one burst to the next, so that a
+/// thread looping with a fixed period is not always stopped at the same point of its loop.
+fn burst_length(burst: u32) -> Duration {
+    let jitter = u64::from(burst.wrapping_mul(2_654_435_761) >> 27);
+    Duration::from_micros(50 + jitter * 50)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_are_short_and_varied() {
+        let lengths: Vec<Duration> = (0..32).map(burst_length).collect();
+        assert!(lengths
+            .iter()
+            .all(|d| *d >= Duration::from_micros(50) && *d <= Duration::from_micros(1650)));
+        let distinct: std::collections::HashSet<_> = lengths.iter().collect();
+        assert!(distinct.len() > 8, "{lengths:?}");
+    }
+}
