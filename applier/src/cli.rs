@@ -103,6 +103,9 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
     if let Some(id) = &args.revert {
         let id = (!id.is_empty()).then_some(id.as_str());
         let r = revert(args.pid, id, timeout)?;
+        if let Some(warning) = &r.warning {
+            eprintln!("warning: {warning}");
+        }
         emit(args.json, report::revert_text(&r), report::revert_json(&r));
         return Ok(());
     }

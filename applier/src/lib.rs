@@ -21,6 +21,7 @@ pub mod revert;
 pub mod safety;
 pub mod state_scan;
 pub mod symbols;
+pub mod unwind;
 
 pub use error::{Error, Result};
 

@@ -87,6 +87,21 @@ fn wait_for_stop(pid: i32, tid: i32) -> Result<Option<Stop>> {
     }
 }
 
+/// Let a stopped thread continue (still traced), delivering the signal it is owed, if any.
+fn resume_with_owed_signal(thread: &mut Thread) -> Result<()> {
+    let sig = match thread.stop {
+        Stop::Signal(sig) => Some(sig),
+        Stop::Event => None,
+    };
+    match ptrace::cont(Pid::from_raw(thread.tid), sig) {
+        Ok(()) | Err(Errno::ESRCH) => {
+            thread.stop = Stop::Event;
+            Ok(())
+        }
+        Err(e) => Err(failed!("cannot resume thread {}: {e}", thread.tid)),
+    }
+}
+
 /// Resume a thread for good, delivering whatever signal it is owed.
 fn release(pid: i32, thread: &Thread) {
     let p = Pid::from_raw(thread.tid);
@@ -253,15 +268,8 @@ impl AllThreads {
         let pid = self.pid;
         let mut running = Vec::new();
         for thread in self.threads.iter_mut().filter(|t| tids.contains(&t.tid)) {
-            let sig = match thread.stop {
-                Stop::Signal(sig) => Some(sig),
-                Stop::Event => None,
-            };
-            match ptrace::cont(Pid::from_raw(thread.tid), sig) {
-                Ok(()) | Err(Errno::ESRCH) => running.push(thread.tid),
-                Err(e) => return Err(failed!("cannot resume thread {}: {e}", thread.tid)),
-            }
-            thread.stop = Stop::Event;
+            resume_with_owed_signal(thread)?;
+            running.push(thread.tid);
         }
         std::thread::sleep(burst);
         let mut gone = Vec::new();
@@ -283,6 +291,89 @@ impl AllThreads {
                     }
                 }
                 None => gone.push(tid),
+            }
+        }
+        self.threads.retain(|t| !gone.contains(&t.tid));
+        Ok(())
+    }
+
+    /// Resume the threads `tids` (delivering any signal they are owed) and wait until each stops on
+    /// one of the `int3` breakpoints at `breakpoints`, or until `deadline`, after which those still
+    /// running are interrupted. A thread that reaches a breakpoint reports `SIGTRAP` with `rip` just
+    /// past it; the trap is ours, so it is not delivered, and `rip` is put back on the address.
+    /// Other signals are delivered and the thread runs on. Threads that exit are forgotten.
+    pub fn run_to_breakpoints(
+        &mut self,
+        tids: &[i32],
+        breakpoints: &[u64],
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut running: Vec<i32> = Vec::new();
+        for thread in self.threads.iter_mut().filter(|t| tids.contains(&t.tid)) {
+            resume_with_owed_signal(thread)?;
+            running.push(thread.tid);
+        }
+        let mut gone = Vec::new();
+        while !running.is_empty() {
+            let past_deadline = Instant::now() >= deadline;
+            let mut still = Vec::new();
+            for tid in running {
+                let p = Pid::from_raw(tid);
+                if past_deadline {
+                    match ptrace::interrupt(p) {
+                        Ok(()) | Err(Errno::ESRCH) => {}
+                        Err(e) => return Err(failed!("cannot interrupt thread {tid}: {e}")),
+                    }
+                }
+                let flags = if past_deadline {
+                    WaitPidFlag::__WALL
+                } else {
+                    WaitPidFlag::__WALL | WaitPidFlag::WNOHANG
+                };
+                let Some(thread) = self.threads.iter_mut().find(|t| t.tid == tid) else {
+                    continue;
+                };
+                match waitpid(p, Some(flags)) {
+                    Ok(WaitStatus::StillAlive) => still.push(tid),
+                    Ok(WaitStatus::Exited(..))
+                    | Ok(WaitStatus::Signaled(..))
+                    | Err(Errno::ECHILD) => gone.push(tid),
+                    Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
+                        let mut regs = get_regs(tid)?;
+                        if breakpoints.contains(&regs.rip.wrapping_sub(1)) {
+                            regs.rip -= 1;
+                            set_regs(tid, regs)?;
+                            thread.stop = Stop::Event;
+                        } else if past_deadline {
+                            thread.stop = Stop::Signal(Signal::SIGTRAP);
+                        } else {
+                            thread.stop = Stop::Signal(Signal::SIGTRAP);
+                            resume_with_owed_signal(thread)?;
+                            still.push(tid);
+                        }
+                    }
+                    Ok(WaitStatus::Stopped(_, sig)) => {
+                        thread.stop = Stop::Signal(sig);
+                        if !past_deadline {
+                            resume_with_owed_signal(thread)?;
+                            still.push(tid);
+                        }
+                    }
+                    Ok(_) => {
+                        // An event stop (a late interrupt): at the deadline that is the stop we want.
+                        thread.stop = Stop::Event;
+                        if !past_deadline {
+                            resume_with_owed_signal(thread)?;
+                            still.push(tid);
+                        }
+                    }
+                    Err(Errno::EINTR) => still.push(tid),
+                    Err(e) => return Err(failed!("waiting for thread {tid}: {e}")),
+                }
+            }
+            running = still;
+            if !running.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
         self.threads.retain(|t| !gone.contains(&t.tid));

@@ -2,9 +2,11 @@
 //!
 //! Hot functions on busy threads are almost never idle everywhere at one instant, so retrying with
 //! every thread resumed rarely succeeds. Instead: stop every thread; keep the threads found safe
-//! stopped; let only the busy ones run, alone, in short bursts, and stop them again, until each has
-//! been caught outside the guarded code. Because safe threads stay stopped, the set of safe threads
-//! only grows. A busy thread may be waiting for one of the stopped threads, so every
+//! stopped; let only the busy ones run until each has been caught outside the guarded code. A thread
+//! executing inside a guarded function gets an `int3` on its return address (found with the
+//! executable's `.eh_frame`) and runs until it reaches it; any other busy thread runs alone in short
+//! bursts and is stopped again. Because safe threads stay stopped, the set of safe threads only
+//! grows. A busy thread may be waiting for one of the stopped threads, so every
 //! [`ROUND`] everything is released briefly and the process starts over; after the timeout the
 //! operation is refused, naming the thread and the function, with every thread resumed.
 
@@ -13,8 +15,9 @@ use std::time::{Duration, Instant};
 use crate::error::{refused, Result};
 use crate::maps;
 use crate::memory::Memory;
-use crate::ptrace::AllThreads;
-use crate::safety::{self, Guarded};
+use crate::ptrace::{self, AllThreads};
+use crate::safety::{self, Busy, Guarded};
+use crate::unwind::FrameTable;
 
 /// How long busy threads get to leave the guarded code before everyone is released and we start over.
 const ROUND: Duration = Duration::from_millis(200);
@@ -29,10 +32,12 @@ pub struct SafeStop {
 }
 
 /// Stop every thread of `pid` such that no thread uses `guarded`, or refuse after `timeout`.
+/// `frames` is the call-frame information of the object holding the guarded code, when it has one.
 pub fn stop_when_safe(
     pid: i32,
     memory: &Memory,
     guarded: &[Guarded],
+    frames: Option<&FrameTable>,
     timeout: Duration,
 ) -> Result<SafeStop> {
     let started = Instant::now();
@@ -58,12 +63,90 @@ pub fn stop_when_safe(
             if round.elapsed() >= ROUND {
                 break;
             }
-            let tids: Vec<i32> = busy.iter().map(|b| b.tid).collect();
-            threads.run_only(&tids, burst_length(bursts))?;
+            let (catchable, returns) = return_breakpoints(&busy, guarded, frames, memory)?;
+            if catchable.is_empty() {
+                let tids: Vec<i32> = busy.iter().map(|b| b.tid).collect();
+                threads.run_only(&tids, burst_length(bursts))?;
+            } else {
+                let deadline = (started + timeout).min(Instant::now() + ROUND);
+                let breakpoints = Breakpoints::insert(memory, &returns)?;
+                let ran = threads.run_to_breakpoints(&catchable, &returns, deadline);
+                breakpoints.remove()?;
+                ran?;
+            }
             bursts += 1;
         }
         drop(threads);
         std::thread::sleep(BREATHER);
+    }
+}
+
+/// For each busy thread executing inside guarded code whose return address the frame information
+/// gives (and which lies outside guarded code): the threads, and the distinct return addresses.
+fn return_breakpoints(
+    busy: &[Busy],
+    guarded: &[Guarded],
+    frames: Option<&FrameTable>,
+    memory: &Memory,
+) -> Result<(Vec<i32>, Vec<u64>)> {
+    let (mut tids, mut returns) = (Vec::new(), Vec::new());
+    let Some(frames) = frames else {
+        return Ok((tids, returns));
+    };
+    for b in busy.iter().filter(|b| b.executing) {
+        let regs = ptrace::get_regs(b.tid)?;
+        let Some(ra) = frames.return_address(&regs, memory) else {
+            continue;
+        };
+        if safety::find(guarded, ra).is_none() && memory.read(ra, 1).is_ok() {
+            tids.push(b.tid);
+            if !returns.contains(&ra) {
+                returns.push(ra);
+            }
+        }
+    }
+    Ok((tids, returns))
+}
+
+/// `int3` written over the first byte of each address, with the original bytes kept to put back.
+/// Dropping without [`Breakpoints::remove`] also puts them back, so no error path leaves one behind.
+struct Breakpoints<'a> {
+    memory: &'a Memory,
+    saved: Vec<(u64, Vec<u8>)>,
+}
+
+impl<'a> Breakpoints<'a> {
+    const INT3: u8 = 0xcc;
+
+    fn insert(memory: &'a Memory, addresses: &[u64]) -> Result<Breakpoints<'a>> {
+        let mut breakpoints = Breakpoints {
+            memory,
+            saved: Vec::new(),
+        };
+        for &address in addresses {
+            let original = memory.read(address, 1)?;
+            memory.write(address, &[Self::INT3])?;
+            breakpoints.saved.push((address, original));
+        }
+        Ok(breakpoints)
+    }
+
+    fn remove(mut self) -> Result<()> {
+        let mut result = Ok(());
+        for (address, original) in std::mem::take(&mut self.saved) {
+            if let Err(e) = self.memory.write(address, &original) {
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+}
+
+impl Drop for Breakpoints<'_> {
+    fn drop(&mut self) {
+        for (address, original) in &self.saved {
+            let _ = self.memory.write(*address, original);
+        }
     }
 }
 

@@ -1,6 +1,13 @@
-//! Reverting an applied patch: with every thread stopped and none of them using the patch region,
-//! check the entry jumps are still ours, restore the saved bytes and retire the state header; then,
-//! with the target running again, unmap the region (one thread stopped briefly).
+//! Reverting an applied patch, in two steps.
+//!
+//! 1. With every thread stopped: check the entry jumps are still ours, restore the saved bytes and
+//!    retire the state header. This needs no thread to be outside the patch: a thread running the
+//!    new code finishes its current call there, and every later call runs the original code again.
+//!    (The jump is one instruction, so no thread can be stopped half-way through it.)
+//! 2. Wait until no thread executes in, or would return into, the patch region (busy threads drain
+//!    out by themselves now), then unmap it. If some thread still uses it after the timeout, the
+//!    region stays mapped, inert, and the report says so: unmapping code in use would crash the
+//!    target, keeping it costs only memory.
 
 use std::time::Duration;
 
@@ -12,6 +19,7 @@ use ulp_runtime::state::{AppliedPatch, STATE_MAGIC};
 use crate::error::{failed, refused, Result};
 use crate::maps;
 use crate::memory::Memory;
+use crate::ptrace::AllThreads;
 use crate::quiesce;
 use crate::remote_syscall::RemoteSyscaller;
 use crate::safety::Guarded;
@@ -24,9 +32,11 @@ pub struct RevertReport {
     pub id: String,
     pub name: String,
     pub functions: Vec<String>,
-    /// Microseconds all threads were stopped.
+    /// Microseconds all threads were stopped to restore the original code.
     pub stop_us: u64,
-    pub attempts: u32,
+    /// Whether the patch region was unmapped; when not, `warning` says why.
+    pub region_unmapped: bool,
+    pub warning: Option<String>,
 }
 
 /// Revert patch `id` (or the most recently applied one) in process `pid`.
@@ -62,8 +72,7 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
         name: format!("code of patch {}", patch.id),
     }];
 
-    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, timeout)?;
-    let attempts = safe.bursts + 1;
+    let threads = AllThreads::stop(pid)?;
     for (f, _, written) in &restores {
         if memory.read(f.jump_at, written.len())? != *written {
             return Err(refused!(
@@ -79,16 +88,38 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
     }
     // The header must never claim a patch that is not applied.
     memory.write(patch.region_start, &[0; STATE_MAGIC.len()])?;
-    let stop_us = safe.threads.resume().as_micros() as u64;
+    let stop_us = threads.resume().as_micros() as u64;
 
-    let mut remote = RemoteSyscaller::new(pid, &maps, &memory)?;
-    remote.munmap(patch.region_start, patch.region_size)?;
+    let warning = unmap_when_unused(pid, &patch, &guarded, &maps, &memory, timeout).err();
     Ok(RevertReport {
         pid,
         id: patch.id.clone(),
         name: patch.name.clone(),
         functions: patch.functions.iter().map(|f| f.name.clone()).collect(),
         stop_us,
-        attempts,
+        region_unmapped: warning.is_none(),
+        warning: warning.map(|e| {
+            format!(
+                "patch region at {:#x} kept mapped: {}",
+                patch.region_start, e
+            )
+        }),
     })
+}
+
+/// Unmap the patch region once no thread uses it (the patch's code has no frame information, so
+/// busy threads are caught in bursts; they leave quickly, since no new call enters the patch).
+fn unmap_when_unused(
+    pid: i32,
+    patch: &AppliedPatch,
+    guarded: &[Guarded],
+    maps: &[maps::Mapping],
+    memory: &Memory,
+    timeout: Duration,
+) -> Result<()> {
+    let safe = quiesce::stop_when_safe(pid, memory, guarded, None, timeout)?;
+    // Nothing refers to the region any more, so once the threads run again none can enter it.
+    safe.threads.resume();
+    let mut remote = RemoteSyscaller::new(pid, maps, memory)?;
+    remote.munmap(patch.region_start, patch.region_size)
 }

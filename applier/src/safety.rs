@@ -23,6 +23,8 @@ pub struct Guarded {
 pub struct Busy {
     pub tid: i32,
     pub name: String,
+    /// The thread's PC is inside the range (rather than a return address on its stack).
+    pub executing: bool,
 }
 
 /// Largest stack span scanned per thread.
@@ -37,29 +39,27 @@ pub fn busy_threads(
 ) -> Result<Vec<Busy>> {
     let mut busy = Vec::new();
     for thread in &threads.threads {
-        if let Some(g) = thread_use(thread.tid, maps, memory, guarded)? {
+        if let Some((g, executing)) = thread_use(thread.tid, maps, memory, guarded)? {
             busy.push(Busy {
                 tid: thread.tid,
                 name: g.name.clone(),
+                executing,
             });
         }
     }
     Ok(busy)
 }
 
-/// The guarded range thread `tid` is executing in or would return into, if any.
+/// The guarded range thread `tid` is executing in (`true`) or would return into (`false`), if any.
 fn thread_use<'a>(
     tid: i32,
     maps: &[Mapping],
     memory: &Memory,
     guarded: &'a [Guarded],
-) -> Result<Option<&'a Guarded>> {
+) -> Result<Option<(&'a Guarded, bool)>> {
     let regs = ptrace::get_regs(tid)?;
-    if let Some(g) = guarded
-        .iter()
-        .find(|g| g.start <= regs.rip && regs.rip < g.end)
-    {
-        return Ok(Some(g));
+    if let Some(g) = find(guarded, regs.rip) {
+        return Ok(Some((g, true)));
     }
     let rsp = regs.rsp & !7;
     let Some(stack) = maps::find(maps, rsp) else {
@@ -73,10 +73,17 @@ fn thread_use<'a>(
         for word in bytes.chunks_exact(8) {
             let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if let Some(g) = guarded.iter().find(|g| g.start < value && value < g.end) {
-                return Ok(Some(g));
+                return Ok(Some((g, false)));
             }
         }
         at += len as u64;
     }
     Ok(None)
+}
+
+/// The guarded range containing `address`.
+pub fn find(guarded: &[Guarded], address: u64) -> Option<&Guarded> {
+    guarded
+        .iter()
+        .find(|g| g.start <= address && address < g.end)
 }
