@@ -136,7 +136,18 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
     let mut redirects = Vec::new();
     for function in &meta.functions {
         let label = symbol_label(&function.target);
-        let (address, size) = target.resolve_in_executable(&function.target)?;
+        // A function the patch replaces that the program does not have: the patch is for another
+        // program (or this one is stripped). That is a wrong target, so a refusal.
+        let (address, size) = target
+            .resolve_in_executable(&function.target)
+            .map_err(|e| {
+                let stripped = if target.exe.image.symtab.is_empty() {
+                    " (it has no symbol table: stripped?)"
+                } else {
+                    ""
+                };
+                refused!("wrong target: {e}{stripped}")
+            })?;
         if let Some(p) = existing
             .iter()
             .find(|p| p.functions.iter().any(|f| f.address == address))

@@ -21,10 +21,10 @@ pub struct ApplyArgs {
     /// The `.ulp` patch to apply.
     #[arg(required_unless_present = "revert", conflicts_with = "revert")]
     pub patch: Option<PathBuf>,
-    /// Revert the patch with this id (default: the most recently applied).
-    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "PATCH_ID")]
+    /// Revert a patch: by id, name or number as `ulp-info -p` lists it (default: the last applied).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "PATCH")]
     pub revert: Option<String>,
-    /// Seconds to keep retrying while a function is in use.
+    /// Seconds to wait for threads to leave the functions being replaced before refusing.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub timeout: f64,
     /// Resolve, check and link only; do not touch the process.
@@ -51,7 +51,22 @@ pub struct InfoArgs {
 }
 
 /// Read and validate a patch file.
+/// Largest patch file read; a patch is code and data of a few functions, far below this.
+const MAX_PATCH_BYTES: u64 = 256 << 20;
+
 pub fn read_patch_file(path: &Path) -> Result<ulp_runtime::Patch> {
+    let metadata =
+        std::fs::metadata(path).map_err(|e| failed!("cannot read {}: {e}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(failed!("{} is not a regular file", path.display()));
+    }
+    if metadata.len() > MAX_PATCH_BYTES {
+        return Err(failed!(
+            "{} is {} bytes, too large to be a patch",
+            path.display(),
+            metadata.len()
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| failed!("cannot read {}: {e}", path.display()))?;
     ulp_runtime::read_patch(&bytes).map_err(|e| failed!("{}: {e}", path.display()))
 }

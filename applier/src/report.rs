@@ -56,11 +56,21 @@ pub fn applied_text(pid: i32, patches: &[AppliedPatch]) -> String {
     if patches.is_empty() {
         return format!("no patches applied to process {pid}\n");
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut out = String::new();
     for p in patches {
         out += &format!(
-            "#{} {} ({}) applied at {} (unix time) to {}, region {:#x}+{:#x}\n",
-            p.sequence, p.id, p.name, p.applied_at, p.target_object, p.region_start, p.region_size
+            "#{} {} ({}) applied {} s ago (unix time {}) to {}, region {:#x}+{:#x}\n",
+            p.sequence,
+            p.id,
+            p.name,
+            now.saturating_sub(p.applied_at),
+            p.applied_at,
+            p.target_object,
+            p.region_start,
+            p.region_size
         );
         for f in &p.functions {
             out += &format!("  {} at {:#x} -> {:#x}\n", f.name, f.address, f.new_address);

@@ -44,17 +44,7 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
     let maps = maps::read(pid)?;
     let memory = Memory::open(pid)?;
     let applied = state_scan::applied(&maps, &memory);
-    let patch: AppliedPatch = match id {
-        Some(id) => applied
-            .iter()
-            .find(|p| p.id == id)
-            .cloned()
-            .ok_or_else(|| failed!("patch {id} is not applied to process {pid}"))?,
-        None => applied
-            .last()
-            .cloned()
-            .ok_or_else(|| failed!("no patch is applied to process {pid}"))?,
-    };
+    let patch = choose(&applied, id, pid)?.clone();
     let mut restores = Vec::new();
     for f in &patch.functions {
         let (Some(saved), Some(written)) = (unhex(&f.saved), unhex(&f.written)) else {
@@ -122,4 +112,36 @@ fn unmap_when_unused(
     safe.threads.resume();
     let mut remote = RemoteSyscaller::new(pid, maps, memory)?;
     remote.munmap(patch.region_start, patch.region_size)
+}
+
+/// The applied patch `which` names: its id, its name (when only one applied patch has it), or its
+/// sequence number as `ulp-info -p` shows it (`#2` or `2`); without `which`, the last applied.
+fn choose<'a>(
+    applied: &'a [AppliedPatch],
+    which: Option<&str>,
+    pid: i32,
+) -> Result<&'a AppliedPatch> {
+    let Some(which) = which else {
+        return applied
+            .last()
+            .ok_or_else(|| failed!("no patch is applied to process {pid}"));
+    };
+    if let Some(p) = applied.iter().find(|p| p.id == which) {
+        return Ok(p);
+    }
+    let sequence = which.strip_prefix('#').unwrap_or(which);
+    if let Some(p) = applied.iter().find(|p| p.sequence.to_string() == sequence) {
+        return Ok(p);
+    }
+    let named: Vec<&AppliedPatch> = applied.iter().filter(|p| p.name == which).collect();
+    match named.as_slice() {
+        [p] => Ok(p),
+        [] => Err(failed!(
+            "no patch with id, name or number '{which}' is applied to process {pid}"
+        )),
+        _ => Err(failed!(
+            "{} patches named '{which}' are applied to process {pid}; name one by id",
+            named.len()
+        )),
+    }
 }

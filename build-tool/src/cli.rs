@@ -151,7 +151,14 @@ fn run(args: &Args) -> Result<i32> {
             return Ok(2);
         }
         Analysis::NoChange => {
-            eprintln!("ulp-build: no change between OLD and NEW");
+            eprintln!(
+                "ulp-build: no change between {} and {}",
+                args.old.display(),
+                args.new.display()
+            );
+            if args.json {
+                println!("{}", json!({ "changed": false, "output": null }));
+            }
             return Ok(3);
         }
         Analysis::Patch {
@@ -168,12 +175,35 @@ fn run(args: &Args) -> Result<i32> {
     } else {
         print!("{}", summary_text(&patch, &new_functions, &args.output));
     }
+    for warning in warnings(&patch) {
+        eprintln!("warning: {warning}");
+    }
     Ok(0)
+}
+
+/// Things a person should know before applying the patch, one line each.
+pub fn warnings(patch: &Patch) -> Vec<String> {
+    patch
+        .meta
+        .functions
+        .iter()
+        .filter(|f| f.target.name == "main")
+        .map(|f| {
+            format!(
+                "the patch replaces 'main' ({}); a running main never returns, so ulp-apply will \
+                 refuse it as busy. Usually a changed callee was inlined into main, or -fipa-ra \
+                 (on at -O2) let main depend on a callee's registers: build the program with \
+                 -fno-ipa-ra and keep patched callees noinline (see docs/BUILD.md)",
+                f.reason
+            )
+        })
+        .collect()
 }
 
 /// The `--json` summary.
 pub fn summary_json(patch: &Patch, new_functions: &[String], output: &Path) -> serde_json::Value {
     json!({
+        "changed": true,
         "id": patch.meta.id,
         "name": patch.meta.name,
         "output": output.display().to_string(),
@@ -188,6 +218,7 @@ pub fn summary_json(patch: &Patch, new_functions: &[String], output: &Path) -> s
         "new_functions": new_functions,
         "new_data": patch.meta.new_data,
         "references": patch.meta.references,
+        "warnings": warnings(patch),
     })
 }
 

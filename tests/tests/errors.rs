@@ -85,3 +85,49 @@ fn patch_applied_twice_is_refused_and_stays_applied() {
     assert_eq!(s.ask("10"), "14757");
     s.target.assert_alive();
 }
+
+#[test]
+fn patch_for_another_program_is_refused_and_the_target_keeps_its_behaviour() {
+    // The static_fn fixture's patch replaces a function that global_fn's program does not have.
+    let mut s = Session::start("global_fn", Flavor::PIE_O2);
+    let (other_old, other_new) = scenario("static_fn");
+    let other = s.dir.path().join("other.ulp");
+    ulp_build(
+        &other_old,
+        &other_new,
+        &other,
+        &Flavor::PIE_O2.cflags(),
+        &[],
+    )
+    .expect_code(0, "ulp-build");
+    let maps_before = std::fs::read_to_string(format!("/proc/{}/maps", s.pid())).expect("maps");
+    ulp_apply(s.pid(), &[&other])
+        .expect_code(2, "ulp-apply of another program's patch")
+        .expect_one_error_line();
+    let maps_after = std::fs::read_to_string(format!("/proc/{}/maps", s.pid())).expect("maps");
+    assert_eq!(
+        maps_before, maps_after,
+        "the refused apply left a mapping behind"
+    );
+    assert_eq!(s.ask("10"), "14757");
+    s.target.assert_alive();
+}
+
+#[test]
+fn revert_names_a_patch_by_name_or_number() {
+    let mut s = Session::start("global_fn", Flavor::PIE_O2);
+    s.apply();
+    assert_eq!(s.ask("10"), "3051755");
+    let pid = s.pid();
+    ulp_apply(pid, &["--revert", "no-such-patch"])
+        .expect_code(1, "ulp-apply --revert of an unknown name")
+        .expect_one_error_line();
+    assert_eq!(s.ask("10"), "3051755", "a failed revert changed nothing");
+    ulp_apply(pid, &["--revert", "global_fn"]).expect_code(0, "ulp-apply --revert by name");
+    assert_eq!(s.ask("10"), "14757");
+    // Numbers count the patches applied now: with none left, the next one is #1 again.
+    s.apply();
+    ulp_apply(pid, &["--revert", "#1"]).expect_code(0, "ulp-apply --revert by number");
+    assert_eq!(s.ask("10"), "14757");
+    s.target.assert_alive();
+}

@@ -32,7 +32,7 @@ pub const SUM_SECTION: &str = ".ulp.sum";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
-    #[error("not a valid ELF object: {0}")]
+    #[error("not a live patch: not an ELF object ({0})")]
     NotElf(String),
     #[error("not a live patch: it has no {META_SECTION} section")]
     NotAPatch,
