@@ -132,6 +132,16 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
             p.name
         ));
     }
+    if let Some(missing) = meta
+        .depends
+        .iter()
+        .find(|d| !existing.iter().any(|p| &p.id == *d))
+    {
+        return Err(refused!(
+            "patch {} depends on patch {missing}, which is not applied to process {pid}",
+            meta.id
+        ));
+    }
 
     let mut redirects = Vec::new();
     for function in &meta.functions {
@@ -159,7 +169,7 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
         }
         let mismatch = || {
             refused!(
-                "function '{label}' in {pid} does not match the patch (built from other sources?)"
+                "function '{label}' in process {pid} does not match the patch (built from other sources?)"
             )
         };
         if size != function.original_size {
@@ -356,9 +366,11 @@ fn prepare(
 
 /// Apply `patch` to process `pid`.
 pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyReport> {
+    let _lock = crate::lock::lock(pid)?;
     let maps = maps::read(pid)?;
     let memory = Memory::open(pid)?;
     let inspection = inspect(pid, patch, &maps, &memory)?;
+    crate::interrupt::check(pid)?;
     let (image, jumps) = link_somewhere(patch, &inspection, &maps)?;
     let sequence = inspection
         .existing

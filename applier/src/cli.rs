@@ -9,21 +9,21 @@ use clap::Parser;
 use crate::apply::{apply, ApplyOptions};
 use crate::error::{failed, Result};
 use crate::revert::revert;
-use crate::{maps, memory::Memory, report, state_scan};
+use crate::{interrupt, maps, memory::Memory, report, state_scan};
 
 /// Apply a live patch to a running process, or revert one.
 #[derive(Debug, Parser)]
 #[command(name = "ulp-apply", version)]
 pub struct ApplyArgs {
     /// Process to patch.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: i32,
     /// The `.ulp` patch to apply.
     #[arg(required_unless_present = "revert", conflicts_with = "revert")]
     pub patch: Option<PathBuf>,
     /// Revert a patch: by id, name or number as `ulp-info -p` lists it (default: the last applied).
-    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "PATCH")]
-    pub revert: Option<String>,
+    #[arg(long, num_args = 0..=1, value_name = "PATCH")]
+    pub revert: Option<Option<String>>,
     /// Seconds to wait for threads to leave the functions being replaced before refusing.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub timeout: f64,
@@ -43,7 +43,7 @@ pub struct InfoArgs {
     #[arg(required_unless_present = "pid", conflicts_with = "pid")]
     pub patch: Option<PathBuf>,
     /// List the patches applied to this process.
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..))]
     pub pid: Option<i32>,
     /// Print the result as JSON.
     #[arg(long)]
@@ -71,21 +71,60 @@ pub fn read_patch_file(path: &Path) -> Result<ulp_runtime::Patch> {
     ulp_runtime::read_patch(&bytes).map_err(|e| failed!("{}: {e}", path.display()))
 }
 
+/// Print the result. A closed or full stdout is not an error of the operation, whose outcome the
+/// exit code already tells, so write errors are ignored rather than allowed to panic.
 fn emit(json: bool, text: String, value: serde_json::Value) {
-    if json {
-        println!("{value}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        writeln!(out, "{value}")
     } else {
-        print!("{text}");
+        write!(out, "{text}")
+    };
+    let _ = out.flush();
+}
+
+/// Parse the command line; on bad arguments, one `error:` line and exit 1 (help and version print
+/// as usual and exit 0).
+fn parse<T: Parser>() -> std::result::Result<T, i32> {
+    T::try_parse().map_err(|e| {
+        if !e.use_stderr() {
+            let _ = e.print();
+            return 0;
+        }
+        // clap's message is its first paragraph (some kinds list the arguments on the lines after
+        // the first); the usage and tips that follow are left to --help.
+        let rendered = e.to_string();
+        let message: Vec<&str> = rendered
+            .lines()
+            .take_while(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        let message = message.join(" ");
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        eprintln!("error: {message} (see --help)");
+        1
+    })
+}
+
+/// `pid` must name a process (a thread group leader), not one of its other threads.
+fn check_is_process(pid: i32) -> Result<()> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| failed!("process {pid} does not exist"))?;
+    let tgid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    match tgid {
+        Some(tgid) if tgid != pid => Err(failed!(
+            "{pid} is a thread of process {tgid}; give the process id"
+        )),
+        _ => Ok(()),
     }
 }
 
-fn parse<T: Parser>() -> std::result::Result<T, i32> {
-    T::try_parse().map_err(|e| {
-        let code = if e.use_stderr() { 1 } else { 0 };
-        let _ = e.print();
-        code
-    })
-}
+/// Longest `--timeout` accepted: a day.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 
 fn finish(result: Result<()>) -> i32 {
     match result {
@@ -108,16 +147,20 @@ pub fn main_apply() -> i32 {
 }
 
 pub fn run_apply(args: &ApplyArgs) -> Result<()> {
-    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
+    if !(args.timeout.is_finite() && (0.0..=MAX_TIMEOUT_SECS).contains(&args.timeout)) {
         return Err(failed!(
-            "--timeout must be a number of seconds, not {}",
+            "--timeout must be between 0 and {MAX_TIMEOUT_SECS} seconds, not {:?}",
             args.timeout
         ));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    if let Some(id) = &args.revert {
-        let id = (!id.is_empty()).then_some(id.as_str());
-        let r = revert(args.pid, id, timeout)?;
+    check_is_process(args.pid)?;
+    interrupt::install()?;
+    if let Some(which) = &args.revert {
+        if which.as_deref() == Some("") {
+            return Err(failed!("--revert was given an empty patch id or name"));
+        }
+        let r = revert(args.pid, which.as_deref(), timeout)?;
         if let Some(warning) = &r.warning {
             eprintln!("warning: {warning}");
         }

@@ -10,6 +10,8 @@
 pub mod apply;
 pub mod cli;
 pub mod error;
+pub mod interrupt;
+pub mod lock;
 pub mod maps;
 pub mod memory;
 pub mod placement;

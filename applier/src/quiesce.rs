@@ -46,6 +46,7 @@ pub fn stop_when_safe(
         let round = Instant::now();
         let mut threads = AllThreads::stop(pid)?;
         loop {
+            crate::interrupt::check(pid)?;
             threads.catch_new()?;
             let maps_now = maps::read(pid)?;
             let busy = safety::busy_threads(&threads, &maps_now, memory, guarded)?;

@@ -41,6 +41,7 @@ pub struct RevertReport {
 
 /// Revert patch `id` (or the most recently applied one) in process `pid`.
 pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertReport> {
+    let _lock = crate::lock::lock(pid)?;
     let maps = maps::read(pid)?;
     let memory = Memory::open(pid)?;
     let applied = state_scan::applied(&maps, &memory);

@@ -113,7 +113,7 @@ fn patch_built_from_other_sources_is_refused() {
     assert_eq!(code, 2);
     assert_eq!(
         err,
-        format!("error: function 'answer' in {pid} does not match the patch (built from other sources?)\n")
+        format!("error: function 'answer' in process {pid} does not match the patch (built from other sources?)\n")
     );
     assert_eq!(target.ask("1"), "2");
 }
@@ -188,4 +188,44 @@ fn info_describes_a_patch_file() {
     assert_eq!(code, 0);
     let value: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(value["meta"]["id"], id.as_str());
+}
+
+#[test]
+fn terminated_apply_leaves_the_target_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile(dir.path(), &[]);
+    let mut target = Target::start(&exe, &["busy"]);
+    let pid = target.pid().to_string();
+    let before = maps_text(target.pid());
+    let mut patch = replace_function(&exe, "busy", vec![0xc3]);
+    let (file, _) = write_patch_file(dir.path(), "fix.ulp", &mut patch);
+    // The busy thread never leaves `busy`, so ulp-apply waits (breakpoint on its return address
+    // inserted, other threads stopped) until SIGTERM arrives mid-wait.
+    let mut apply = std::process::Command::new(APPLY)
+        .args(["-p", &pid, file.to_str().unwrap(), "--timeout", "30"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(apply.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = apply.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted by a signal"), "{err}");
+    assert_eq!(
+        maps_text(target.pid()),
+        before,
+        "the prepared region is gone"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        !status.contains("\nState:\tt"),
+        "left traced-stopped:\n{status}"
+    );
+    assert_eq!(target.ask("41"), "42");
+    assert!(target.alive());
 }

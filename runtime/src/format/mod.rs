@@ -491,12 +491,17 @@ impl Patch {
                 )));
             }
         }
+        if self.meta.name.chars().any(char::is_control) {
+            return Err(invalid("patch name contains control characters"));
+        }
         for function in &self.meta.functions {
             match self.symbol(&function.replacement) {
-                Some((_, symbol)) if symbol.kind == SymbolKind::Function => {}
+                Some((_, symbol))
+                    if symbol.kind == SymbolKind::Function
+                        && self.sections[symbol.section].kind == SectionKind::Text => {}
                 _ => {
                     return Err(invalid(format!(
-                        "replacement {} for {} is not a function of the patch",
+                        "replacement {} for {} is not a function in a code section of the patch",
                         function.replacement, function.target.name
                     )))
                 }

@@ -280,3 +280,19 @@ fn readelf_explains_a_written_patch() {
         );
     }
 }
+
+#[test]
+fn replacement_outside_code_is_refused() {
+    let mut patch = sample_patch();
+    patch.symbols[0].section = 3;
+    patch.symbols[0].size = 8;
+    let error = write_patch(&mut patch).unwrap_err().to_string();
+    assert!(error.contains("code section"), "{error}");
+}
+
+#[test]
+fn patch_name_with_control_characters_is_refused() {
+    let mut patch = sample_patch();
+    patch.meta.name = "fix\x1b[2J".into();
+    assert!(write_patch(&mut patch).is_err());
+}
