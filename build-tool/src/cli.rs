@@ -2,6 +2,7 @@
 //! codes (0 written · 1 error · 2 cannot be live-patched · 3 no change) and the human or `--json`
 //! summary.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -11,8 +12,22 @@ use ulp_runtime::meta::Binding;
 use ulp_runtime::Patch;
 
 use crate::compile::{compile_pair, find_compiler, split_flags, CompileError};
-use crate::object_model::ObjectModel;
+use crate::object_model::{self, ObjectModel};
 use crate::{closure, compare, correlate, emit, refuse};
+
+/// Print to stdout, ignoring write errors: a closed pipe (`| head -c 1`) or a full device
+/// (`> /dev/full`) must not panic, and the exit status already tells the outcome (the `.ulp` file is
+/// written before the summary).
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Print one line to stderr, ignoring write errors (see [`out`]).
+fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
+}
 
 /// Turn a change to a C source file into a live patch (.ulp).
 #[derive(Debug, Parser)]
@@ -62,6 +77,36 @@ pub fn analyze(old: &ObjectModel, new: &ObjectModel, name: &str) -> Result<Analy
     reasons.extend(refuse::function_changes(old, new, &changes));
     reasons.extend(refuse::constructor_changes(old, new, &changes));
     reasons.extend(refuse::carried_content(new, &closure));
+    if changes.replaced.is_empty() && !changes.new_functions.is_empty() {
+        // Nothing in the running program would ever call the new code.
+        let names: Vec<&str> = changes
+            .new_functions
+            .iter()
+            .map(|&i| new.symbols[i].name.as_str())
+            .collect();
+        let mut shown: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| compare::cold_parent(n).is_none())
+            .collect();
+        if shown.is_empty() {
+            shown = names;
+        }
+        shown.sort_unstable();
+        reasons.push(format!(
+            "the change replaces no function of the running program (it only adds {})",
+            shown.join(", ")
+        ));
+    }
+    if reasons.is_empty() && changes.is_empty() {
+        let removed = correlate::removed_functions(old, new);
+        if !removed.is_empty() {
+            reasons.push(format!(
+                "the only change removes functions ({}); a live patch cannot remove code",
+                removed.join(", ")
+            ));
+        }
+    }
     if !reasons.is_empty() {
         return Ok(Analysis::Refused(reasons));
     }
@@ -83,7 +128,7 @@ pub fn main() -> i32 {
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
-                print!("{e}");
+                out(&e.to_string());
                 return 0;
             }
             // clap explains over several lines; the contract is one line.
@@ -95,16 +140,19 @@ pub fn main() -> i32 {
                 .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
                 .collect();
             let line = line.join(" ");
-            eprintln!("error: {}", line.strip_prefix("error: ").unwrap_or(&line));
+            err_line(&format!(
+                "error: {}",
+                line.strip_prefix("error: ").unwrap_or(&line)
+            ));
             return 1;
         }
     };
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {:#}", e);
+            err_line(&format!("error: {e:#}"));
             if let Some(CompileError::Failed { stderr, .. }) = e.downcast_ref::<CompileError>() {
-                eprint!("{stderr}");
+                let _ = std::io::stderr().lock().write_all(stderr.as_bytes());
             }
             1
         }
@@ -117,10 +165,48 @@ fn base_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
+/// Whether `text` has no control characters (C0, DEL, C1): it ends up in messages and listings.
+fn is_printable(text: &str) -> bool {
+    !text.chars().any(char::is_control)
+}
+
 fn run(args: &Args) -> Result<i32> {
+    let name = match &args.name {
+        Some(name) if !is_printable(name) => anyhow::bail!("--name must be printable text"),
+        Some(name) => name.clone(),
+        None => {
+            let stem = args
+                .output
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "patch".to_string());
+            if !is_printable(&stem) {
+                anyhow::bail!(
+                    "the output file name must be printable text to name the patch; use --name"
+                );
+            }
+            stem
+        }
+    };
     for source in [&args.old, &args.new] {
-        if !source.is_file() {
-            anyhow::bail!("{}: no such file", source.display());
+        match std::fs::metadata(source) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => anyhow::bail!("{} is not a regular file", source.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::bail!("{}: no such file", source.display())
+            }
+            Err(e) => anyhow::bail!("{}: {e}", source.display()),
+        }
+    }
+    if let Ok(output) = args.output.canonicalize() {
+        for source in [&args.old, &args.new] {
+            if source.canonicalize().is_ok_and(|s| s == output) {
+                anyhow::bail!(
+                    "output {} is the input file {}",
+                    args.output.display(),
+                    source.display()
+                );
+            }
         }
     }
     let compiler = find_compiler(args.cc.as_deref())?;
@@ -130,34 +216,40 @@ fn run(args: &Args) -> Result<i32> {
         compile_pair(&compiler, &flags, &args.old, &args.new, dir.path())?;
     let parse = |path: &Path, source: &Path| -> Result<ObjectModel> {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        if object_model::is_lto(&bytes) {
+            anyhow::bail!(
+                "{} was compiled to LTO bytecode (-flto), which has no machine code to compare; \
+                 build the patch without -flto",
+                source.display()
+            );
+        }
         ObjectModel::parse(&bytes, &base_name(source))
             .with_context(|| format!("object of {}", source.display()))
     };
     let old = parse(&old_object, &args.old)?;
     let new = parse(&new_object, &args.new)?;
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => args
-            .output
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "patch".to_string()),
-    };
+    let removed = correlate::removed_functions(&old, &new);
+    for f in &removed {
+        err_line(&format!("warning: {}", removed_warning(f)));
+    }
     let (mut patch, new_functions) = match analyze(&old, &new, &name)? {
         Analysis::Refused(reasons) => {
             for reason in reasons {
-                eprintln!("error: cannot live-patch: {reason}");
+                err_line(&format!("error: cannot live-patch: {reason}"));
             }
             return Ok(2);
         }
         Analysis::NoChange => {
-            eprintln!(
+            err_line(&format!(
                 "ulp-build: no change between {} and {}",
                 args.old.display(),
                 args.new.display()
-            );
+            ));
             if args.json {
-                println!("{}", json!({ "changed": false, "output": null }));
+                out(&format!(
+                    "{}\n",
+                    json!({ "changed": false, "output": null })
+                ));
             }
             return Ok(3);
         }
@@ -171,14 +263,27 @@ fn run(args: &Args) -> Result<i32> {
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
     if args.json {
-        println!("{}", summary_json(&patch, &new_functions, &args.output));
+        let mut summary = summary_json(&patch, &new_functions, &args.output);
+        summary["removed_functions"] = json!(removed);
+        if let Some(list) = summary["warnings"].as_array_mut() {
+            list.extend(removed.iter().map(|f| json!(removed_warning(f))));
+        }
+        out(&format!("{summary}\n"));
     } else {
-        print!("{}", summary_text(&patch, &new_functions, &args.output));
+        out(&summary_text(&patch, &new_functions, &args.output));
     }
     for warning in warnings(&patch) {
-        eprintln!("warning: {warning}");
+        err_line(&format!("warning: {warning}"));
     }
     Ok(0)
+}
+
+/// The warning for a function of OLD that NEW no longer has.
+pub fn removed_warning(function: &str) -> String {
+    format!(
+        "function '{function}' was removed in NEW; the running program keeps it (callers that \
+         changed no longer call it)"
+    )
 }
 
 /// Things a person should know before applying the patch, one line each.

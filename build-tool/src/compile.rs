@@ -19,6 +19,8 @@ pub enum CompileError {
         /// Everything the compiler printed.
         stderr: String,
     },
+    #[error("compiler {compiler} produced no object file for {file}")]
+    NoObject { compiler: String, file: String },
     #[error("running {compiler}: {error}")]
     Spawn {
         compiler: String,
@@ -75,6 +77,13 @@ pub fn compile(
             error,
         })?;
     if result.status.success() {
+        // A "compiler" that exits 0 without writing the object (`--cc true`) is an error of its own.
+        if !output.is_file() {
+            return Err(CompileError::NoObject {
+                compiler: compiler.display().to_string(),
+                file: source.display().to_string(),
+            });
+        }
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&result.stderr).into_owned();

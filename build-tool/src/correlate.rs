@@ -84,3 +84,20 @@ pub fn correlate(old: &ObjectModel, new: &ObjectModel) -> Correlation {
         .sort_by(|a, b| new.symbols[a.new].name.cmp(&new.symbols[b.new].name));
     correlation
 }
+
+/// Functions of OLD that NEW no longer defines, by name (sorted). GCC clones and `.cold` parts are left
+/// out: they come and go with optimization, and the change of their caller is what matters.
+pub fn removed_functions(old: &ObjectModel, new: &ObjectModel) -> Vec<String> {
+    const CLONE_MARKERS: [&str; 4] = [".isra.", ".constprop.", ".part.", ".cold"];
+    let mut names: Vec<String> = old
+        .symbols
+        .iter()
+        .filter(|s| s.is_named() && s.is_function())
+        .filter(|s| !CLONE_MARKERS.iter().any(|m| s.name.contains(m)))
+        .filter(|s| new.symbol_by_name(&s.name).is_none_or(|n| !n.is_function()))
+        .map(|s| s.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}

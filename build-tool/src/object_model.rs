@@ -211,6 +211,19 @@ pub fn is_tls_relocation(r_type: u32) -> bool {
     )
 }
 
+/// Whether `bytes` is an object of link-time-optimization intermediate code rather than machine code:
+/// GCC's `-flto` objects carry GIMPLE in sections named `.gnu.lto_*` (and, unless fat, an empty
+/// `.text`); clang's are LLVM bitcode files (raw or wrapped).
+pub fn is_lto(bytes: &[u8]) -> bool {
+    if bytes.starts_with(b"BC\xC0\xDE") || bytes.starts_with(&[0xDE, 0xC0, 0x17, 0x0B]) {
+        return true;
+    }
+    ElfFile64::<Endianness>::parse(bytes).is_ok_and(|file| {
+        file.sections()
+            .any(|s| s.name().is_ok_and(|n| n.starts_with(".gnu.lto_")))
+    })
+}
+
 impl ObjectModel {
     /// Parse an ELF64 x86_64 relocatable object. `source_name` is the base name of its source file.
     pub fn parse(bytes: &[u8], source_name: &str) -> Result<ObjectModel> {

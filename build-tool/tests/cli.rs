@@ -1,7 +1,7 @@
 //! The `ulp-build` command-line contract: exit codes, one-line errors, `--json`, deterministic output.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 const OLD: &str = r#"
 #include <stdio.h>
@@ -86,7 +86,7 @@ fn unchanged_source_exits_3() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(
         stderr(&out).trim(),
-        "ulp-build: no change between OLD and NEW"
+        "ulp-build: no change between old.c and new.c"
     );
     assert!(!dir.path().join("fix.ulp").exists());
 }
@@ -128,4 +128,223 @@ fn bad_arguments_exit_1_with_one_line() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no-such-cc"));
+}
+
+fn ulp_build_with_stdout(dir: &Path, args: &[&str], stdout: Stdio) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ulp-build"))
+        .current_dir(dir)
+        .args(args)
+        .stdout(stdout)
+        .output()
+        .unwrap()
+}
+
+const CHANGED: [&str; 4] = ["old.c", "new.c", "-o", "fix.ulp"];
+
+#[test]
+fn stdout_write_errors_do_not_panic() {
+    let dir = setup(&OLD.replace("x * scale + calls", "x * scale + calls + 100"));
+    for json in [false, true] {
+        let mut args = CHANGED.to_vec();
+        if json {
+            args.push("--json");
+        }
+        // A full device: every write fails.
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = ulp_build_with_stdout(dir.path(), &args, full.into());
+        assert_eq!(out.status.code(), Some(0), "{json}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert!(dir.path().join("fix.ulp").exists());
+        // A pipe whose reader went away (`| head -c 1`).
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ulp-build"))
+            .current_dir(dir.path())
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{json}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+    // No change, with --json, to a full device.
+    let dir = setup(OLD);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = ulp_build_with_stdout(
+        dir.path(),
+        &["old.c", "new.c", "-o", "fix.ulp", "--json"],
+        full.into(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
+
+#[test]
+fn lto_objects_are_an_error_naming_the_file() {
+    let dir = setup(&OLD.replace("x * scale + calls", "x * scale + calls + 100"));
+    for cflags in ["-flto", "-O2 -flto -ffat-lto-objects"] {
+        let out = ulp_build(
+            dir.path(),
+            &["old.c", "new.c", "-o", "fix.ulp", "--cflags", cflags],
+        );
+        assert_eq!(out.status.code(), Some(1), "{cflags}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim_end(),
+            "error: old.c was compiled to LTO bytecode (-flto), which has no machine code to \
+             compare; build the patch without -flto",
+            "{cflags}"
+        );
+        assert!(!dir.path().join("fix.ulp").exists());
+    }
+}
+
+#[test]
+fn patch_that_replaces_no_function_is_refused() {
+    let dir = setup("int g(void) { return 2; }\nint f(void) { return g() + 1; }\n");
+    std::fs::write(dir.path().join("old.c"), "").unwrap();
+    for cflags in ["-O0", "-O2"] {
+        let out = ulp_build(
+            dir.path(),
+            &["old.c", "new.c", "-o", "fix.ulp", "--cflags", cflags],
+        );
+        assert_eq!(out.status.code(), Some(2), "{cflags}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim_end(),
+            "error: cannot live-patch: the change replaces no function of the running program \
+             (it only adds f, g)",
+            "{cflags}"
+        );
+        assert!(!dir.path().join("fix.ulp").exists());
+    }
+}
+
+const WITH_GONE: &str = r#"
+#include <stdio.h>
+__attribute__((noipa)) int compute(int x) { return x * 3 + 1; }
+__attribute__((noipa)) int gone(int x) { return x - 7; }
+int main(void) { printf("%d\n", compute(2)); return 0; }
+"#;
+
+const GONE_WARNING: &str = "warning: function 'gone' was removed in NEW; the running program \
+                            keeps it (callers that changed no longer call it)";
+
+#[test]
+fn removed_functions_warn_and_removal_alone_is_refused() {
+    let without_gone = WITH_GONE.replace(
+        "__attribute__((noipa)) int gone(int x) { return x - 7; }\n",
+        "",
+    );
+    // Removal is the only difference.
+    let dir = setup(&without_gone);
+    std::fs::write(dir.path().join("old.c"), WITH_GONE).unwrap();
+    let out = ulp_build(dir.path(), &CHANGED);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!(
+            "{GONE_WARNING}\nerror: cannot live-patch: the only change removes functions (gone); \
+             a live patch cannot remove code"
+        )
+    );
+    assert!(!dir.path().join("fix.ulp").exists());
+    // Everything removed: not "no change" either.
+    std::fs::write(dir.path().join("new.c"), "").unwrap();
+    let out = ulp_build(dir.path(), &CHANGED);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).ends_with(
+            "error: cannot live-patch: the only change removes functions (compute, gone, main); \
+             a live patch cannot remove code\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // Removal next to a real change: the patch is written, with a warning.
+    std::fs::write(
+        dir.path().join("new.c"),
+        without_gone.replace("x * 3 + 1", "x * 3 + 2"),
+    )
+    .unwrap();
+    let out = ulp_build(dir.path(), &["old.c", "new.c", "-o", "fix.ulp", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim_end(), GONE_WARNING);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["removed_functions"], serde_json::json!(["gone"]));
+    assert_eq!(summary["functions"][0]["name"], "compute");
+}
+
+#[test]
+fn output_that_is_an_input_file_is_refused() {
+    let dir = setup(&OLD.replace("x * scale + calls", "x * scale + calls + 100"));
+    for (output, input) in [("./old.c", "old.c"), ("new.c", "new.c")] {
+        let out = ulp_build(dir.path(), &["old.c", "new.c", "-o", output]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim_end(),
+            format!("error: output {output} is the input file {input}")
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("old.c")).unwrap(),
+        OLD
+    );
+}
+
+#[test]
+fn inputs_that_are_not_files_and_compilers_without_output_are_named() {
+    let dir = setup(OLD);
+    for input in ["/tmp", "/dev/null"] {
+        let out = ulp_build(dir.path(), &[input, "new.c", "-o", "fix.ulp"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out).trim_end(),
+            format!("error: {input} is not a regular file")
+        );
+    }
+    let out = ulp_build(dir.path(), &["missing.c", "new.c", "-o", "fix.ulp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim_end(), "error: missing.c: no such file");
+    // A "compiler" that succeeds without writing anything.
+    let fake = dir.path().join("fake-cc");
+    std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let fake = fake.display().to_string();
+    let out = ulp_build(
+        dir.path(),
+        &["old.c", "new.c", "-o", "fix.ulp", "--cc", &fake],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim_end(),
+        format!("error: compiler {fake} produced no object file for old.c")
+    );
+}
+
+#[test]
+fn name_with_control_characters_is_refused() {
+    let dir = setup(&OLD.replace("x * scale + calls", "x * scale + calls + 100"));
+    for name in ["a\nb", "red\x1b[31m", "del\x7f", "tab\t"] {
+        let out = ulp_build(
+            dir.path(),
+            &["old.c", "new.c", "-o", "fix.ulp", "--name", name],
+        );
+        assert_eq!(out.status.code(), Some(1), "{name:?}");
+        assert_eq!(
+            stderr(&out).trim_end(),
+            "error: --name must be printable text"
+        );
+        assert!(!dir.path().join("fix.ulp").exists());
+    }
+    let out = ulp_build(
+        dir.path(),
+        &["old.c", "new.c", "-o", "fix.ulp", "--name", "fix é-2"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
