@@ -50,6 +50,9 @@ pub struct Closure {
     /// For externals that OLD defines (possibly under another name: a renumbered clone or static
     /// local), NEW symbol → OLD symbol; the patch names the OLD symbol, as the running program does.
     pub external_old: BTreeMap<usize, usize>,
+    /// Names of the carried data objects that OLD does not have (by correlation, so a static local
+    /// that took the number an OLD one had is still new).
+    pub new_data: BTreeSet<String>,
     /// Per relocation of a carried section: (section, index in its relocations) → decision.
     pub decisions: BTreeMap<(usize, usize), Decision>,
 }
@@ -152,6 +155,17 @@ pub fn close(
                 Decision::Unresolved => continue,
             };
             closure.graph.add_edge(Node::Section(from), to, ());
+        }
+    }
+    for &s in &closure.sections {
+        for &i in new.symbols_in(s) {
+            let symbol = &new.symbols[i];
+            if symbol.is_data()
+                && !is_special_static(&symbol.name)
+                && correlation.old_of(i).is_none()
+            {
+                closure.new_data.insert(symbol.name.clone());
+            }
         }
     }
     closure

@@ -346,3 +346,19 @@ pub fn removed_functions(old: &ObjectModel, new: &ObjectModel) -> Vec<String> {
     names.dedup();
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_keys_ignore_numbers() {
+        assert_eq!(clone_key("f.constprop.0.isra.0"), "f.constprop.isra");
+        assert_eq!(clone_key("f.part.12.cold"), "f.part.cold");
+        assert_eq!(clone_key("f.cold"), "f.cold");
+        assert_eq!(clone_key("f.isra.3"), clone_key("f.isra.0"));
+        assert!(is_clone("f.part.0.cold") && is_clone("f.cold.1") && is_clone("g.isra.2"));
+        assert!(!is_clone("count.1") && !is_clone("main") && !is_clone("f.localalias"));
+        assert_eq!(clone_numbers("f.constprop.3.isra.1"), vec![3, 1]);
+    }
+}

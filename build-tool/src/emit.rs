@@ -212,7 +212,10 @@ pub fn emit(
         .iter()
         .filter(|s| s.kind == SymbolKind::Object)
         .filter(|s| !is_special_static(&s.name) && !s.name.is_empty())
-        .filter(|s| old.symbol_by_name(&s.name).is_none_or(|o| o.undefined))
+        .filter(|s| {
+            old.symbol_by_name(&s.name).is_none_or(|o| o.undefined)
+                || closure.new_data.contains(&s.name)
+        })
         .map(|s| s.name.clone())
         .collect();
     meta.new_data.sort();

@@ -350,9 +350,10 @@ fn renumbered_static_local_is_the_same_variable_named_as_in_old() {
             assert_eq!(replaced, set(&["next"]), "{cc} {flags}");
             assert_eq!(new_functions, set(&["third"]), "{cc} {flags}");
             assert_eq!(references, set(&[old_name.as_str()]), "{cc} {flags}");
-            assert!(
-                patch.symbols.iter().any(|s| s.name == third_name),
-                "{cc} {flags}: {third_name} not carried"
+            assert_eq!(
+                patch.meta.new_data,
+                vec![third_name.clone()],
+                "{cc} {flags}"
             );
             assert!(
                 patch
@@ -566,5 +567,36 @@ fn new_data_and_pointers_to_new_functions_resolve_to_carried_copies() {
                 .count();
             assert!(to_thrice >= 2, "{cc} {flags}: {to_thrice}");
         }
+    }
+}
+
+#[test]
+fn clone_that_cannot_be_paired_is_refused_naming_it() {
+    // NEW has two clones of `scale` where OLD has one, and neither has OLD's code: which one replaces
+    // the running clone cannot be decided. (A second clone is made by renaming another function.)
+    let new = CONSTPROP.replace("(x >> 3)", "(x >> 4)")
+        + "static __attribute__((noinline)) int other(int x, int k) { return x * k - 5; }\n\
+           int use_other(int x) { return other(x, 3) + other(x + 1, 3); }\n";
+    let built = build_renamed(
+        "gcc",
+        CONSTPROP,
+        &new,
+        "-O2",
+        &[("other.constprop.0", "scale.constprop.1")],
+    );
+    assert!(has_function(&built.new, "scale.constprop.0"));
+    assert!(has_function(&built.new, "scale.constprop.1"));
+    match built.analysis {
+        Analysis::Refused(reasons) => {
+            let clones: Vec<&String> = reasons
+                .iter()
+                .filter(|r| r.contains("cannot be paired"))
+                .collect();
+            assert_eq!(clones.len(), 2, "{reasons:?}");
+            assert!(clones
+                .iter()
+                .all(|r| r.contains("OLD's 'scale.constprop.0'")));
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
