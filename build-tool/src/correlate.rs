@@ -106,22 +106,33 @@ pub fn static_local_base(object: &ObjectModel, index: usize) -> Option<&str> {
 
 /// The functions of `object` whose code refers to symbol `target`.
 pub fn users(object: &ObjectModel, target: usize) -> BTreeSet<usize> {
-    let mut found = BTreeSet::new();
+    user_map(object).remove(&target).unwrap_or_default()
+}
+
+/// For every symbol code refers to, the functions of `object` whose code refers to it (one pass).
+pub fn user_map(object: &ObjectModel) -> HashMap<usize, BTreeSet<usize>> {
+    let mut map: HashMap<usize, BTreeSet<usize>> = HashMap::new();
     for section in object.sections.iter().filter(|s| s.is_exec()) {
+        let functions: Vec<usize> = object
+            .symbols_in(section.index)
+            .iter()
+            .copied()
+            .filter(|&f| object.symbols[f].is_function())
+            .collect();
         let biases = object.pc_biases(section.index);
         for (reloc, bias) in section.relocations.iter().zip(biases) {
-            if object.resolve(reloc, bias).target != Target::Symbol(target) {
+            let Target::Symbol(target) = object.resolve(reloc, bias).target else {
                 continue;
-            }
-            if let Some(&f) = object.symbols_in(section.index).iter().find(|&&f| {
+            };
+            if let Some(&f) = functions.iter().find(|&&f| {
                 let s = &object.symbols[f];
-                s.is_function() && reloc.offset >= s.value && reloc.offset < s.value + s.size
+                reloc.offset >= s.value && reloc.offset < s.value + s.size
             }) {
-                found.insert(f);
+                map.entry(target).or_default().insert(f);
             }
         }
     }
-    found
+    map
 }
 
 /// Pair `new_list` with `old_list` (symbols of one clone key).
@@ -257,9 +268,17 @@ pub fn correlate(old: &ObjectModel, new: &ObjectModel) -> Correlation {
     }
     // Most specific first: a static local whose users map exactly to an OLD one's users.
     let mut pending = Vec::new();
+    let (old_users, new_users) = if locals.is_empty() {
+        Default::default()
+    } else {
+        (user_map(old), user_map(new))
+    };
+    let used_by = |map: &HashMap<usize, BTreeSet<usize>>, s: usize| -> BTreeSet<usize> {
+        map.get(&s).cloned().unwrap_or_default()
+    };
     for n in locals {
         let base = static_local_base(new, n).unwrap_or_default();
-        let expected: BTreeSet<usize> = users(new, n)
+        let expected: BTreeSet<usize> = used_by(&new_users, n)
             .iter()
             .filter_map(|f| function_map.get(f).copied())
             .collect();
@@ -305,7 +324,9 @@ pub fn correlate(old: &ObjectModel, new: &ObjectModel) -> Correlation {
         let old_index = old
             .symbol_by_name(&new.symbols[n].name)
             .filter(|o| o.is_data() && !claimed.contains(&o.index))
-            .filter(|o| users(old, o.index).is_empty() && users(new, n).is_empty())
+            .filter(|o| {
+                used_by(&old_users, o.index).is_empty() && used_by(&new_users, n).is_empty()
+            })
             .map(|o| o.index);
         claimed.extend(old_index);
         correlation.data.push(Pair {
