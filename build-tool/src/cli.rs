@@ -114,7 +114,12 @@ pub fn analyze(old: &ObjectModel, new: &ObjectModel, name: &str) -> Result<Analy
         return Ok(Analysis::NoChange);
     }
     let patch = emit::emit(old, new, &changes, &closure, name)?;
-    let new_functions = emit::new_function_names(old, &patch);
+    let mut new_functions = emit::new_function_names(old, &patch);
+    // Renumbered clones exist in OLD under another name.
+    new_functions.retain(|n| {
+        new.symbol_by_name(n)
+            .is_none_or(|s| correlation.old_of(s.index).is_none())
+    });
     Ok(Analysis::Patch {
         patch: Box::new(patch),
         new_functions,
@@ -226,8 +231,13 @@ fn run(args: &Args) -> Result<i32> {
         ObjectModel::parse(&bytes, &base_name(source))
             .with_context(|| format!("object of {}", source.display()))
     };
-    let old = parse(&old_object, &args.old)?;
-    let new = parse(&new_object, &args.new)?;
+    // With the source texts, comparison recognises `__LINE__`-only shifts.
+    let with_source = |model: ObjectModel, source: &Path| match std::fs::read_to_string(source) {
+        Ok(text) => model.with_source(text),
+        Err(_) => model,
+    };
+    let old = with_source(parse(&old_object, &args.old)?, &args.old);
+    let new = with_source(parse(&new_object, &args.new)?, &args.new);
     let removed = correlate::removed_functions(&old, &new);
     for f in &removed {
         err_line(&format!("warning: {}", removed_warning(f)));

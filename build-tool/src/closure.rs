@@ -2,7 +2,9 @@
 //! graph (petgraph) and decide, for each one, whether its target is *carried* in the patch (new
 //! functions and data, replaced functions, string literals, jump tables and other anonymous constants,
 //! `.cold` parts of carried functions) or is an *external* reference to the running program (anything
-//! that exists unchanged in OLD: functions, globals, static locals, libc).
+//! that exists unchanged in OLD: functions, globals, static locals, libc). An external that correlation
+//! paired with an OLD symbol of another name is recorded with it (`external_old`), so the patch refers to
+//! the name the running program has.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,6 +47,12 @@ pub struct Closure {
     pub sections: BTreeSet<usize>,
     /// NEW symbols referred to in the running program.
     pub externals: BTreeSet<usize>,
+    /// For externals that OLD defines (possibly under another name: a renumbered clone or static
+    /// local), NEW symbol → OLD symbol; the patch names the OLD symbol, as the running program does.
+    pub external_old: BTreeMap<usize, usize>,
+    /// Names of the carried data objects that OLD does not have (by correlation, so a static local
+    /// that took the number an OLD one had is still new).
+    pub new_data: BTreeSet<String>,
     /// Per relocation of a carried section: (section, index in its relocations) → decision.
     pub decisions: BTreeMap<(usize, usize), Decision>,
 }
@@ -139,11 +147,25 @@ pub fn close(
                 }
                 Decision::External { symbol, .. } => {
                     closure.externals.insert(symbol);
+                    if let Some(o) = correlation.old_of(symbol) {
+                        closure.external_old.insert(symbol, o);
+                    }
                     Node::External(symbol)
                 }
                 Decision::Unresolved => continue,
             };
             closure.graph.add_edge(Node::Section(from), to, ());
+        }
+    }
+    for &s in &closure.sections {
+        for &i in new.symbols_in(s) {
+            let symbol = &new.symbols[i];
+            if symbol.is_data()
+                && !is_special_static(&symbol.name)
+                && correlation.old_of(i).is_none()
+            {
+                closure.new_data.insert(symbol.name.clone());
+            }
         }
     }
     closure

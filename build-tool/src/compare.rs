@@ -6,7 +6,8 @@ use std::fmt;
 
 use ulp_runtime::x86_64::relocation_field_size;
 
-use crate::correlate::is_special_static;
+use crate::correlate::{is_special_static, Correlation};
+use crate::lines::{only_line_shifts, LineMap};
 use crate::object_model::{ObjectModel, Reloc, Symbol, Target};
 
 /// What a relocation refers to, independent of where things were placed in the object.
@@ -133,17 +134,45 @@ pub fn masked_bytes(object: &ObjectModel, symbol: &Symbol) -> Vec<u8> {
     bytes
 }
 
-/// Why `new_symbol` differs from `old_symbol`, or `None` if they are the same.
+/// Why `new_symbol` differs from `old_symbol`, or `None` if they are the same (symbols compared by
+/// their exact names; see [`difference_in`]).
 pub fn difference(
     old: &ObjectModel,
     old_symbol: &Symbol,
     new: &ObjectModel,
     new_symbol: &Symbol,
 ) -> Option<String> {
+    difference_in(
+        old,
+        old_symbol,
+        new,
+        new_symbol,
+        &Correlation::default(),
+        None,
+    )
+}
+
+/// Why `new_symbol` differs from `old_symbol`, or `None` if they are the same. Symbols NEW's
+/// relocations refer to are named as OLD names them (`correlation.renames`: a call to a renumbered
+/// clone is no change); with `lines`, code that differs only in shifted `__LINE__` immediates is the
+/// same.
+pub fn difference_in(
+    old: &ObjectModel,
+    old_symbol: &Symbol,
+    new: &ObjectModel,
+    new_symbol: &Symbol,
+    correlation: &Correlation,
+    lines: Option<&LineMap>,
+) -> Option<String> {
     let old_bytes = masked_bytes(old, old_symbol);
     let new_bytes = masked_bytes(new, new_symbol);
     if let Some(at) = old_bytes.iter().zip(&new_bytes).position(|(a, b)| a != b) {
-        return Some(format!("bytes differ at +{at:#x}"));
+        let line_shift = lines.is_some_and(|l| {
+            new.symbol_is_code(new_symbol) && only_line_shifts(&old_bytes, &new_bytes, l)
+        });
+        if !line_shift {
+            return Some(format!("bytes differ at +{at:#x}"));
+        }
     }
     if old_bytes.len() != new_bytes.len() {
         return Some(format!(
@@ -153,7 +182,14 @@ pub fn difference(
         ));
     }
     let old_relocs = relocations_of(old, old_symbol);
-    let new_relocs = relocations_of(new, new_symbol);
+    let mut new_relocs = relocations_of(new, new_symbol);
+    for r in &mut new_relocs {
+        if let Meaning::Symbol { name, .. } = &mut r.meaning {
+            if let Some(o) = correlation.renames.get(name.as_str()) {
+                *name = o.clone();
+            }
+        }
+    }
     for (i, n) in new_relocs.iter().enumerate() {
         match old_relocs.get(i) {
             Some(o) if o == n => continue,
@@ -188,6 +224,9 @@ pub struct Changes {
     pub replaced: std::collections::BTreeMap<usize, (usize, String)>,
     /// Functions only in NEW.
     pub new_functions: std::collections::BTreeSet<usize>,
+    /// NEW GCC clones that could not be paired with OLD's clones of the same name (refused): NEW
+    /// symbol → OLD's unpaired clones.
+    pub ambiguous: std::collections::BTreeMap<usize, Vec<usize>>,
 }
 
 impl Changes {
@@ -213,12 +252,13 @@ pub fn cold_parent(name: &str) -> Option<&str> {
 }
 
 /// Compare every correlated function. A changed `.cold` part marks its parent changed instead of being
-/// replaced itself (it is only ever entered from its parent, and is carried along with it).
-pub fn find_changes(
-    old: &ObjectModel,
-    new: &ObjectModel,
-    correlation: &crate::correlate::Correlation,
-) -> Changes {
+/// replaced itself (it is only ever entered from its parent, and is carried along with it). When both
+/// objects carry their source text, `__LINE__`-only shifts are no change.
+pub fn find_changes(old: &ObjectModel, new: &ObjectModel, correlation: &Correlation) -> Changes {
+    let lines = match (&old.source_text, &new.source_text) {
+        (Some(o), Some(n)) => Some(LineMap::new(o, n)),
+        _ => None,
+    };
     let mut changes = Changes::default();
     let mut changed_cold = Vec::new();
     for pair in &correlation.functions {
@@ -227,11 +267,18 @@ pub fn find_changes(
             changes.new_functions.insert(pair.new);
             continue;
         };
-        let Some(reason) = difference(old, &old.symbols[old_index], new, new_symbol) else {
+        let Some(reason) = difference_in(
+            old,
+            &old.symbols[old_index],
+            new,
+            new_symbol,
+            correlation,
+            lines.as_ref(),
+        ) else {
             continue;
         };
         if let Some(parent) = cold_parent(&new_symbol.name) {
-            changed_cold.push((parent.to_string(), new_symbol.name.clone()));
+            changed_cold.push((parent.to_string(), old.symbols[old_index].name.clone()));
         } else {
             changes.replaced.insert(pair.new, (old_index, reason));
         }
@@ -240,17 +287,18 @@ pub fn find_changes(
         let Some(parent_new) = new.symbol_by_name(&parent).filter(|s| s.is_function()) else {
             continue;
         };
-        match old.symbol_by_name(&parent).filter(|s| s.is_function()) {
+        match correlation.old_of(parent_new.index) {
             Some(parent_old) => {
                 changes
                     .replaced
                     .entry(parent_new.index)
-                    .or_insert_with(|| (parent_old.index, format!("its part '{child}' changed")));
+                    .or_insert_with(|| (parent_old, format!("its part '{child}' changed")));
             }
             None => {
                 changes.new_functions.insert(parent_new.index);
             }
         }
     }
+    changes.ambiguous = correlation.ambiguous.clone();
     changes
 }

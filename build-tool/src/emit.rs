@@ -123,15 +123,22 @@ pub fn emit(
         }
     }
 
-    // References to the running program, sorted.
+    // References to the running program, sorted, by the name OLD has (renumbered clones and static
+    // locals are correlated under another name).
+    let running = |e: usize| {
+        closure
+            .external_old
+            .get(&e)
+            .map_or(&new.symbols[e], |&o| &old.symbols[o])
+    };
     let references: BTreeSet<TargetSymbol> = closure
         .externals
         .iter()
-        .map(|&e| target_symbol(old, &new.symbols[e]))
+        .map(|&e| target_symbol(old, running(e)))
         .collect();
     meta.references = references.into_iter().collect();
     let reference_index = |e: usize| {
-        let wanted = target_symbol(old, &new.symbols[e]);
+        let wanted = target_symbol(old, running(e));
         meta.references.iter().position(|r| *r == wanted)
     };
 
@@ -205,7 +212,10 @@ pub fn emit(
         .iter()
         .filter(|s| s.kind == SymbolKind::Object)
         .filter(|s| !is_special_static(&s.name) && !s.name.is_empty())
-        .filter(|s| old.symbol_by_name(&s.name).is_none_or(|o| o.undefined))
+        .filter(|s| {
+            old.symbol_by_name(&s.name).is_none_or(|o| o.undefined)
+                || closure.new_data.contains(&s.name)
+        })
         .map(|s| s.name.clone())
         .collect();
     meta.new_data.sort();

@@ -15,6 +15,7 @@ pub mod compare;
 pub mod compile;
 pub mod correlate;
 pub mod emit;
+pub mod lines;
 pub mod object_model;
 pub mod refuse;
 

@@ -166,6 +166,9 @@ pub struct Resolved {
 pub struct ObjectModel {
     /// Base name of the source file, recorded for `STB_LOCAL` references.
     pub source_name: String,
+    /// Text of the source file the object was compiled from, when the caller has it: comparison uses
+    /// it to recognise changes that only shift `__LINE__` immediates (see `lines`).
+    pub source_text: Option<String>,
     /// Indexed by ELF section index (index 0 is the null section).
     pub sections: Vec<Section>,
     /// Indexed by ELF symbol index (index 0 is the null symbol).
@@ -379,6 +382,12 @@ impl ObjectModel {
         Ok(model)
     }
 
+    /// This object with the text of its source file attached (see [`ObjectModel::source_text`]).
+    pub fn with_source(mut self, text: impl Into<String>) -> ObjectModel {
+        self.source_text = Some(text.into());
+        self
+    }
+
     /// The item of anonymous section `section` that starts at `place`: bytes up to the next place
     /// some relocation of this object refers to, or the end of the section, without trailing zeros.
     pub fn anonymous_item(&self, section: usize, place: i64) -> Vec<u8> {
@@ -416,6 +425,11 @@ impl ObjectModel {
             Some(s) => self.sections[s].bytes(symbol.value, symbol.size),
             None => vec![0; symbol.size as usize],
         }
+    }
+
+    /// Whether `symbol` is defined in an executable section.
+    pub fn symbol_is_code(&self, symbol: &Symbol) -> bool {
+        symbol.section.is_some_and(|s| self.sections[s].is_exec())
     }
 
     /// Relocations inside a defined symbol, with offsets relative to the symbol.

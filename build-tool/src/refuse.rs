@@ -8,12 +8,9 @@ use ulp_runtime::meta::Binding;
 use ulp_runtime::x86_64::{min_patchable_size, relocation_field_size, relocation_name};
 
 use crate::closure::{Closure, Decision};
-use crate::compare::{cold_parent, masked_bytes, relocations_of, Changes, Meaning};
+use crate::compare::{masked_bytes, relocations_of, Changes, Meaning};
 use crate::correlate::Correlation;
 use crate::object_model::{is_tls_relocation, ObjectModel, Symbol, SymbolType};
-
-/// Name markers of GCC clones (interprocedural optimization copies and split-off parts).
-const CLONE_MARKERS: [&str; 4] = [".isra.", ".constprop.", ".part.", ".cold"];
 
 fn describe(symbol: &Symbol) -> &'static str {
     match symbol.binding {
@@ -58,7 +55,7 @@ pub fn data_changes(
 }
 
 /// Replaced functions that changed binding or are too small for the redirecting jump, and new GCC
-/// clones of existing functions (their renumbered names cannot be matched yet).
+/// clones that correlation could not pair with OLD's clones of the same name.
 pub fn function_changes(old: &ObjectModel, new: &ObjectModel, changes: &Changes) -> Vec<String> {
     let mut reasons = Vec::new();
     for (&n, (o, _)) in &changes.replaced {
@@ -80,27 +77,18 @@ pub fn function_changes(old: &ObjectModel, new: &ObjectModel, changes: &Changes)
             ));
         }
     }
-    for &n in &changes.new_functions {
-        let name = &new.symbols[n].name;
-        let Some(cut) = CLONE_MARKERS.iter().filter_map(|m| name.find(m)).min() else {
-            continue;
-        };
-        if cold_parent(name)
-            .and_then(|p| new.symbol_by_name(p))
-            .is_some_and(|p| changes.carries(p.index))
-        {
-            continue;
-        }
-        let base = &name[..cut];
-        if old.symbol_by_name(base).is_some()
-            || old.symbols.iter().any(|s| {
-                s.is_function() && s.name.starts_with(base) && s.name[base.len()..].starts_with('.')
-            })
-        {
-            reasons.push(format!(
-                "GCC clone '{name}' has no exact match in OLD (not supported yet)"
-            ));
-        }
+    for (&n, olds) in &changes.ambiguous {
+        let names: Vec<&str> = olds.iter().map(|&o| old.symbols[o].name.as_str()).collect();
+        reasons.push(format!(
+            "GCC clone '{}' cannot be paired with OLD's {} (the number of clones changed and their \
+             code differs)",
+            new.symbols[n].name,
+            names
+                .iter()
+                .map(|n| format!("'{n}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     reasons
 }
