@@ -176,6 +176,13 @@ pub fn detect_strip(files: &[FileChange], dir: &Path) -> Option<usize> {
                 .is_some_and(|n| strip_components(n, strip).is_some()),
         })
     };
+    let git_style = files.iter().all(|f| {
+        f.old.as_ref().is_none_or(|p| p.starts_with("a/"))
+            && f.new.as_ref().is_none_or(|p| p.starts_with("b/"))
+    });
+    if git_style && exists_at(1) {
+        return Some(1);
+    }
     (0..=3).find(|&strip| exists_at(strip))
 }
 

@@ -63,7 +63,8 @@ pub fn check_source(source: &Path) -> Result<()> {
 }
 
 /// A unit compiled the simple way (`CC -c -ffunction-sections -fdata-sections -g FLAGS SOURCE`), its
-/// objects as `<index>.old.o` and `<index>.new.o` in `dir`.
+/// objects as `<index>.old.o` and `<index>.new.o` in `dir`. NEW also gets
+/// `-ffile-prefix-map=NEW=OLD`.
 pub fn simple_unit(
     compiler: &Path,
     flags: &[String],
@@ -72,12 +73,22 @@ pub fn simple_unit(
     index: usize,
     dir: &Path,
 ) -> Unit {
+    let mut new_job = Job::simple(compiler, flags, new, &dir.join(format!("{index}.new.o")));
+    if old != new {
+        // NEW compiled as if it were OLD: `__FILE__` (assert, log macros) names OLD's path, so a
+        // NEW that only lives elsewhere is no change.
+        let position = new_job.args.len() - 1;
+        new_job.args.insert(
+            position,
+            format!("-ffile-prefix-map={}={}", new.display(), old.display()),
+        );
+    }
     Unit {
         old: old.to_path_buf(),
         new: new.to_path_buf(),
         file: base_name(old),
         old_job: Job::simple(compiler, flags, old, &dir.join(format!("{index}.old.o"))),
-        new_job: Job::simple(compiler, flags, new, &dir.join(format!("{index}.new.o"))),
+        new_job,
     }
 }
 
