@@ -417,6 +417,7 @@ pub fn summary_json(patch: &Patch, new_functions: &[String], output: &Path) -> s
         })).collect::<Vec<_>>(),
         "new_functions": new_functions,
         "new_data": patch.meta.new_data,
+        "target": patch.meta.target,
         "references": patch.meta.references,
         "warnings": warnings(patch),
     })
@@ -430,8 +431,22 @@ pub fn summary_text(patch: &Patch, new_functions: &[String], output: &Path) -> S
         patch.meta.id,
         patch.meta.name
     );
+    if let Some(id) = &patch.meta.target.build_id {
+        let object = patch
+            .meta
+            .target
+            .object
+            .as_deref()
+            .unwrap_or("the main executable");
+        text += &format!("  bound to {object} (build-id {id})\n");
+    }
     for f in &patch.meta.functions {
-        text += &format!("  replace {}: {}\n", f.target.name, f.reason);
+        match (&f.target.file, f.target.binding) {
+            (Some(file), Binding::Local) => {
+                text += &format!("  replace {} ({file}): {}\n", f.target.name, f.reason)
+            }
+            _ => text += &format!("  replace {}: {}\n", f.target.name, f.reason),
+        }
     }
     for f in new_functions {
         text += &format!("  new function {f}\n");

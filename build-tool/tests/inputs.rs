@@ -324,3 +324,36 @@ fn file_macro_names_old_so_new_in_another_directory_is_no_change_there() {
         vec![helper_in("b.c")]
     );
 }
+
+#[test]
+fn target_shared_library_records_its_file_name() {
+    let dir = setup(A_OLD, B_NEW);
+    let status = Command::new("gcc")
+        .current_dir(dir.path())
+        .args([
+            "-fPIC",
+            "-shared",
+            "-ffunction-sections",
+            "-fdata-sections",
+            "-g",
+        ])
+        .args(["-Wl,-soname,libb.so.1", "old/b.c", "-o", "libb.so"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let args = [
+        "--pair",
+        "old/b.c:new/b.c",
+        "--cflags",
+        "-fPIC",
+        "-o",
+        "fix.ulp",
+        "--target",
+        "libb.so",
+    ];
+    let out = ulp_build(dir.path(), &args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let patch = read(&dir.path().join("fix.ulp"));
+    assert_eq!(patch.meta.target.object.as_deref(), Some("libb.so"));
+    assert!(patch.meta.target.build_id.is_some());
+}
