@@ -271,7 +271,8 @@ fn is_dependency_flag(arg: &str) -> Option<bool> {
 fn map_arg(arg: &str, from: &str, to: &str) -> String {
     match arg.find(from) {
         Some(at)
-            if arg[at + from.len()..].is_empty() || arg[at + from.len()..].starts_with('/') =>
+            if arg[at + from.len()..].is_empty()
+                || arg[at + from.len()..].starts_with(['/', '=', ':']) =>
         {
             format!("{}{to}{}", &arg[..at], &arg[at + from.len()..])
         }
@@ -289,7 +290,9 @@ pub fn adjust(
 ) -> Result<(PathBuf, Vec<String>, PathBuf)> {
     let argv = entry.argv()?;
     let (from, to) = (dir.display().to_string(), copy.display().to_string());
-    let mut args = Vec::new();
+    // First, so that a prefix map of the recorded command (Debian's `-ffile-prefix-map=DIR=.`,
+    // mapped to the copy below) comes later and wins, as it did in the original build.
+    let mut args = vec![format!("-ffile-prefix-map={to}={from}")];
     let mut rest = argv[1..].iter();
     while let Some(arg) = rest.next() {
         if arg == "-o" || arg == "-c" {
@@ -310,7 +313,6 @@ pub fn adjust(
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(format!("-ffile-prefix-map={to}={from}"));
     if let Some(output) = output {
         args.push("-o".to_string());
         args.push(output.display().to_string());
