@@ -357,3 +357,56 @@ fn target_shared_library_records_its_file_name() {
     assert_eq!(patch.meta.target.object.as_deref(), Some("libb.so"));
     assert!(patch.meta.target.build_id.is_some());
 }
+
+#[test]
+fn distro_helpers_split_commands_read_diffs_and_adjust_commands() {
+    use ulp_build::distro::{adjust, detect_strip, diff_files, shell_words, Entry, FileChange};
+    assert_eq!(
+        shell_words(r#"gcc -DX='"a b"' -DY="c\"d" e\ f -c x.c"#).unwrap(),
+        ["gcc", r#"-DX="a b""#, r#"-DY=c"d"#, "e f", "-c", "x.c"]
+    );
+    assert!(shell_words("gcc 'open").is_err());
+
+    let files = diff_files("--- a/x.c\t2020-01-01\n+++ b/x.c\t2020-01-02\n@@ -1 +1 @@\n-a\n+b\n");
+    assert_eq!(
+        files,
+        [FileChange {
+            old: Some("a/x.c".into()),
+            new: Some("b/x.c".into())
+        }]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "x.c", "a\n");
+    assert_eq!(detect_strip(&files, dir.path()), Some(1));
+    let plain = diff_files("--- x.c\n+++ x.c\n");
+    assert_eq!(detect_strip(&plain, dir.path()), Some(0));
+
+    let entry = Entry {
+        directory: "/src/tree/build".into(),
+        file: "../x.c".into(),
+        arguments: None,
+        command: Some("cc -O2 -MD -MF x.d -I/src/tree/inc -c ../x.c -o x.o".into()),
+    };
+    let (program, args, directory) = adjust(
+        &entry,
+        Path::new("/src/tree"),
+        Path::new("/tmp/copy"),
+        &["-g"],
+        Some(Path::new("/tmp/x.o")),
+    )
+    .unwrap();
+    assert_eq!(program, Path::new("cc"));
+    assert_eq!(directory, Path::new("/tmp/copy/build"));
+    assert_eq!(
+        args,
+        [
+            "-ffile-prefix-map=/tmp/copy=/src/tree",
+            "-O2",
+            "-I/tmp/copy/inc",
+            "../x.c",
+            "-g",
+            "-o",
+            "/tmp/x.o"
+        ]
+    );
+}
