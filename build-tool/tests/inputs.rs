@@ -410,3 +410,32 @@ fn distro_helpers_split_commands_read_diffs_and_adjust_commands() {
         ]
     );
 }
+
+#[test]
+fn parallel_runs_keep_the_order_of_their_items() {
+    let items: Vec<u64> = (0..50).collect();
+    let results = ulp_build::compile::run_parallel(&items, 4, |&i| {
+        std::thread::sleep(std::time::Duration::from_millis((50 - i) % 7));
+        i * 2
+    });
+    assert_eq!(results, items.iter().map(|i| i * 2).collect::<Vec<_>>());
+    assert!(ulp_build::compile::parallelism() >= 1);
+}
+
+#[test]
+fn distro_mode_change_no_unit_uses_exits_3_with_a_warning() {
+    let dir = distro_tree();
+    write(&dir.path().join("src"), "README", "old\n");
+    let out = distro(
+        dir.path(),
+        "--- a/README\n+++ b/README\n@@ -1 +1 @@\n-old\n+new\n",
+        "fix.ulp",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("warning: README is changed by fix.patch"),
+        "{err}"
+    );
+    assert!(!dir.path().join("fix.ulp").exists());
+}
