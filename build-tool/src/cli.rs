@@ -11,9 +11,10 @@ use serde_json::json;
 use ulp_runtime::meta::Binding;
 use ulp_runtime::Patch;
 
-use crate::compile::{compile_pair, find_compiler, split_flags, CompileError};
-use crate::object_model::{self, ObjectModel};
-use crate::{closure, compare, correlate, emit, refuse};
+use crate::compile::{find_compiler, split_flags, CompileError};
+use crate::inputs::Unit;
+use crate::object_model::ObjectModel;
+use crate::{closure, compare, correlate, distro, emit, inputs, refuse, target};
 
 /// Print to stdout, ignoring write errors: a closed pipe (`| head -c 1`) or a full device
 /// (`> /dev/full`) must not panic, and the exit status already tells the outcome (the `.ulp` file is
@@ -29,14 +30,34 @@ fn err_line(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
-/// Turn a change to a C source file into a live patch (.ulp).
+/// Turn a change to C sources into a live patch (.ulp).
 #[derive(Debug, Parser)]
 #[command(name = "ulp-build", version)]
 pub struct Args {
     /// The source the running program was built from.
-    pub old: PathBuf,
+    #[arg(requires = "new")]
+    pub old: Option<PathBuf>,
     /// The fixed source.
-    pub new: PathBuf,
+    pub new: Option<PathBuf>,
+    /// Another translation unit, OLD:NEW (repeatable); all units make one patch.
+    #[arg(long = "pair", value_name = "OLD:NEW")]
+    pub pairs: Vec<String>,
+    /// Distro mode: the source tree the running program was built from.
+    #[arg(long, value_name = "DIR", requires_all = ["diff", "compile_commands"],
+          conflicts_with_all = ["old", "pairs", "cc", "cflags"])]
+    pub source: Option<PathBuf>,
+    /// Distro mode: the fix, a unified diff applied to a copy of DIR with `patch`.
+    #[arg(long, value_name = "FIX.patch", requires = "source")]
+    pub diff: Option<PathBuf>,
+    /// Distro mode: the compilation database the tree was built with.
+    #[arg(long, value_name = "compile_commands.json", requires = "source")]
+    pub compile_commands: Option<PathBuf>,
+    /// Distro mode: leading path components to strip from the diff's file names (default: detected).
+    #[arg(long, value_name = "N", requires = "diff")]
+    pub strip: Option<usize>,
+    /// Bind the patch to this binary (build-id) and check it has every function and symbol needed.
+    #[arg(long, value_name = "BIN")]
+    pub target: Option<PathBuf>,
     /// Where to write the patch.
     #[arg(short = 'o', long = "output", value_name = "OUT.ulp")]
     pub output: PathBuf,
@@ -164,15 +185,99 @@ pub fn main() -> i32 {
     }
 }
 
-fn base_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
 /// Whether `text` has no control characters (C0, DEL, C1): it ends up in messages and listings.
 fn is_printable(text: &str) -> bool {
     !text.chars().any(char::is_control)
+}
+
+/// The translation units to build, and what must live as long as they do.
+struct Inputs {
+    units: Vec<Unit>,
+    /// Holds the objects (and in distro mode the tree copies) until the end of the run.
+    _temp: tempfile::TempDir,
+    /// What to say when no unit changed.
+    no_change: String,
+}
+
+/// The units named on the command line: positional `OLD NEW`, `--pair`s, or distro mode.
+fn inputs(args: &Args) -> Result<Inputs> {
+    if let Some(source) = &args.source {
+        let (Some(diff), Some(commands)) = (&args.diff, &args.compile_commands) else {
+            anyhow::bail!("--source needs --diff and --compile-commands");
+        };
+        let prepared = distro::prepare(source, diff, commands, args.strip)?;
+        for file in &prepared.unused {
+            err_line(&format!(
+                "warning: {} is changed by {} but no unit of {} uses it; ignored",
+                file.display(),
+                diff.display(),
+                commands.display()
+            ));
+        }
+        let no_change = if prepared.units.is_empty() {
+            format!(
+                "ulp-build: {} changes no translation unit of {}",
+                diff.display(),
+                commands.display()
+            )
+        } else {
+            format!(
+                "ulp-build: no change in the units {} touches",
+                diff.display()
+            )
+        };
+        return Ok(Inputs {
+            units: prepared.units,
+            _temp: prepared.temp,
+            no_change,
+        });
+    }
+    let mut pairs = Vec::new();
+    if let (Some(old), Some(new)) = (&args.old, &args.new) {
+        pairs.push((old.clone(), new.clone()));
+    }
+    for pair in &args.pairs {
+        pairs.push(inputs::parse_pair(pair)?);
+    }
+    if pairs.is_empty() {
+        anyhow::bail!("nothing to build: give OLD NEW, --pair OLD:NEW or --source DIR");
+    }
+    for (old, new) in &pairs {
+        inputs::check_source(old)?;
+        inputs::check_source(new)?;
+    }
+    if let Ok(output) = args.output.canonicalize() {
+        for source in pairs.iter().flat_map(|(o, n)| [o, n]) {
+            if source.canonicalize().is_ok_and(|s| s == output) {
+                anyhow::bail!(
+                    "output {} is the input file {}",
+                    args.output.display(),
+                    source.display()
+                );
+            }
+        }
+    }
+    let compiler = find_compiler(args.cc.as_deref())?;
+    let flags = split_flags(&args.cflags);
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let units: Vec<Unit> = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (old, new))| inputs::simple_unit(&compiler, &flags, old, new, i, temp.path()))
+        .collect();
+    let no_change = match &pairs[..] {
+        [(old, new)] => format!(
+            "ulp-build: no change between {} and {}",
+            old.display(),
+            new.display()
+        ),
+        _ => format!("ulp-build: no change in any of the {} units", pairs.len()),
+    };
+    Ok(Inputs {
+        units,
+        _temp: temp,
+        no_change,
+    })
 }
 
 fn run(args: &Args) -> Result<i32> {
@@ -193,81 +298,77 @@ fn run(args: &Args) -> Result<i32> {
             stem
         }
     };
-    for source in [&args.old, &args.new] {
-        match std::fs::metadata(source) {
-            Ok(meta) if meta.is_file() => {}
-            Ok(_) => anyhow::bail!("{} is not a regular file", source.display()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                anyhow::bail!("{}: no such file", source.display())
-            }
-            Err(e) => anyhow::bail!("{}: {e}", source.display()),
-        }
-    }
-    if let Ok(output) = args.output.canonicalize() {
-        for source in [&args.old, &args.new] {
-            if source.canonicalize().is_ok_and(|s| s == output) {
-                anyhow::bail!(
-                    "output {} is the input file {}",
-                    args.output.display(),
-                    source.display()
-                );
-            }
-        }
-    }
-    let compiler = find_compiler(args.cc.as_deref())?;
-    let flags = split_flags(&args.cflags);
-    let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let (old_object, new_object) =
-        compile_pair(&compiler, &flags, &args.old, &args.new, dir.path())?;
-    let parse = |path: &Path, source: &Path| -> Result<ObjectModel> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        if object_model::is_lto(&bytes) {
-            anyhow::bail!(
-                "{} was compiled to LTO bytecode (-flto), which has no machine code to compare; \
-                 build the patch without -flto",
-                source.display()
-            );
-        }
-        ObjectModel::parse(&bytes, &base_name(source))
-            .with_context(|| format!("object of {}", source.display()))
+    let binary = match &args.target {
+        Some(bin) => Some(target::Binary::read(bin)?),
+        None => None,
     };
-    // With the source texts, comparison recognises `__LINE__`-only shifts.
     let with_source = |model: ObjectModel, source: &Path| match std::fs::read_to_string(source) {
         Ok(text) => model.with_source(text),
         Err(_) => model,
     };
-    let old = with_source(parse(&old_object, &args.old)?, &args.old);
-    let new = with_source(parse(&new_object, &args.new)?, &args.new);
-    let removed = correlate::removed_functions(&old, &new);
-    for f in &removed {
-        err_line(&format!("warning: {}", removed_warning(f)));
+    let inputs = inputs(args)?;
+    inputs::compile_units(&inputs.units)?;
+
+    // Each translation unit on its own: OLD and NEW objects through the pipeline.
+    let mut refusals = Vec::new();
+    let mut unit_patches = Vec::new();
+    let mut removed = Vec::new();
+    for unit in &inputs.units {
+        // With the source texts, comparison recognises `__LINE__`-only shifts.
+        let old = with_source(
+            inputs::parse_object(&unit.old_job.output, &unit.old, &unit.file)?,
+            &unit.old,
+        );
+        let new = with_source(
+            inputs::parse_object(&unit.new_job.output, &unit.new, &unit.file)?,
+            &unit.new,
+        );
+        let unit_removed = correlate::removed_functions(&old, &new);
+        for f in &unit_removed {
+            err_line(&format!("warning: {}", removed_warning(f)));
+        }
+        removed.extend(unit_removed);
+        match analyze(&old, &new, &name)? {
+            Analysis::Refused(reasons) => refusals.extend(reasons),
+            Analysis::NoChange => {}
+            Analysis::Patch {
+                patch,
+                new_functions,
+            } => unit_patches.push(emit::UnitPatch {
+                unit: unit.file.clone(),
+                patch: *patch,
+                new_functions,
+            }),
+        }
     }
-    let (mut patch, new_functions) = match analyze(&old, &new, &name)? {
-        Analysis::Refused(reasons) => {
+    if !refusals.is_empty() {
+        for reason in refusals {
+            err_line(&format!("error: cannot live-patch: {reason}"));
+        }
+        return Ok(2);
+    }
+    if unit_patches.is_empty() {
+        err_line(&inputs.no_change);
+        if args.json {
+            out(&format!(
+                "{}\n",
+                json!({ "changed": false, "output": null })
+            ));
+        }
+        return Ok(3);
+    }
+    let (mut patch, new_functions) = emit::merge(unit_patches, &name)?;
+    if let (Some(binary), Some(bin)) = (&binary, &args.target) {
+        let reasons = binary.check(&patch, bin);
+        if !reasons.is_empty() {
             for reason in reasons {
                 err_line(&format!("error: cannot live-patch: {reason}"));
             }
             return Ok(2);
         }
-        Analysis::NoChange => {
-            err_line(&format!(
-                "ulp-build: no change between {} and {}",
-                args.old.display(),
-                args.new.display()
-            ));
-            if args.json {
-                out(&format!(
-                    "{}\n",
-                    json!({ "changed": false, "output": null })
-                ));
-            }
-            return Ok(3);
-        }
-        Analysis::Patch {
-            patch,
-            new_functions,
-        } => (*patch, new_functions),
-    };
+        patch.meta.target = binary.target_object();
+    }
+
     let bytes = ulp_runtime::write_patch(&mut patch)
         .with_context(|| format!("writing {}", args.output.display()))?;
     std::fs::write(&args.output, bytes)
@@ -332,6 +433,7 @@ pub fn summary_json(patch: &Patch, new_functions: &[String], output: &Path) -> s
         })).collect::<Vec<_>>(),
         "new_functions": new_functions,
         "new_data": patch.meta.new_data,
+        "target": patch.meta.target,
         "references": patch.meta.references,
         "warnings": warnings(patch),
     })
@@ -345,8 +447,22 @@ pub fn summary_text(patch: &Patch, new_functions: &[String], output: &Path) -> S
         patch.meta.id,
         patch.meta.name
     );
+    if let Some(id) = &patch.meta.target.build_id {
+        let object = patch
+            .meta
+            .target
+            .object
+            .as_deref()
+            .unwrap_or("the main executable");
+        text += &format!("  bound to {object} (build-id {id})\n");
+    }
     for f in &patch.meta.functions {
-        text += &format!("  replace {}: {}\n", f.target.name, f.reason);
+        match (&f.target.file, f.target.binding) {
+            (Some(file), Binding::Local) => {
+                text += &format!("  replace {} ({file}): {}\n", f.target.name, f.reason)
+            }
+            _ => text += &format!("  replace {}: {}\n", f.target.name, f.reason),
+        }
     }
     for f in new_functions {
         text += &format!("  new function {f}\n");

@@ -65,39 +65,7 @@ pub fn compile(
     source: &Path,
     output: &Path,
 ) -> Result<(), CompileError> {
-    let result = Command::new(compiler)
-        .args(BASE_FLAGS)
-        .args(flags)
-        .arg("-o")
-        .arg(output)
-        .arg(source)
-        .output()
-        .map_err(|error| CompileError::Spawn {
-            compiler: compiler.display().to_string(),
-            error,
-        })?;
-    if result.status.success() {
-        // A "compiler" that exits 0 without writing the object (`--cc true`) is an error of its own.
-        if !output.is_file() {
-            return Err(CompileError::NoObject {
-                compiler: compiler.display().to_string(),
-                file: source.display().to_string(),
-            });
-        }
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-    let first_line = stderr
-        .lines()
-        .find(|l| l.contains("error"))
-        .or_else(|| stderr.lines().find(|l| !l.trim().is_empty()))
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("compiler exited with {}", result.status));
-    Err(CompileError::Failed {
-        file: source.display().to_string(),
-        first_line,
-        stderr,
-    })
+    run_job(&Job::simple(compiler, flags, source, output))
 }
 
 /// Compile OLD and NEW in parallel into `dir` (as `old.o` and `new.o`); returns their paths.
@@ -121,4 +89,109 @@ pub fn compile_pair(
     }
     new_result?;
     Ok((old_out, new_out))
+}
+
+/// One compilation: `program args… -o output`, run in `directory` when given. `source` names the
+/// unit in messages.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub program: PathBuf,
+    /// Every argument except `-o OUTPUT` (which [`run_job`] appends).
+    pub args: Vec<String>,
+    pub directory: Option<PathBuf>,
+    pub source: PathBuf,
+    pub output: PathBuf,
+}
+
+impl Job {
+    /// The job `compile` runs: base flags, the user's flags and the source.
+    pub fn simple(compiler: &Path, flags: &[String], source: &Path, output: &Path) -> Job {
+        let mut args: Vec<String> = BASE_FLAGS.iter().map(|f| f.to_string()).collect();
+        args.extend(flags.iter().cloned());
+        args.push(source.display().to_string());
+        Job {
+            program: compiler.to_path_buf(),
+            args,
+            directory: None,
+            source: source.to_path_buf(),
+            output: output.to_path_buf(),
+        }
+    }
+}
+
+/// Run one compilation job.
+pub fn run_job(job: &Job) -> Result<(), CompileError> {
+    let mut command = Command::new(&job.program);
+    command.args(&job.args).arg("-o").arg(&job.output);
+    if let Some(dir) = &job.directory {
+        command.current_dir(dir);
+    }
+    let result = command.output().map_err(|error| CompileError::Spawn {
+        compiler: job.program.display().to_string(),
+        error,
+    })?;
+    if result.status.success() {
+        // A "compiler" that exits 0 without writing the object (`--cc true`) is an error of its own.
+        if !job.output.is_file() {
+            return Err(CompileError::NoObject {
+                compiler: job.program.display().to_string(),
+                file: job.source.display().to_string(),
+            });
+        }
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    let first_line = stderr
+        .lines()
+        .find(|l| l.contains("error"))
+        .or_else(|| stderr.lines().find(|l| !l.trim().is_empty()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("compiler exited with {}", result.status));
+    Err(CompileError::Failed {
+        file: job.source.display().to_string(),
+        first_line,
+        stderr,
+    })
+}
+
+/// How many jobs run at once: the machine's available parallelism (at least 1).
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Run `jobs` in parallel, at most [`parallelism`] at a time; results in the order of `jobs`.
+pub fn run_all(jobs: &[Job]) -> Vec<Result<(), CompileError>> {
+    run_parallel(jobs, parallelism(), run_job)
+}
+
+/// Apply `work` to every item on at most `limit` threads; results in the order of `items`.
+pub fn run_parallel<T: Sync, R: Send>(
+    items: &[T],
+    limit: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..limit.clamp(1, items.len().max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let result = work(item);
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .ok()
+                .flatten()
+                .expect("every item was processed")
+        })
+        .collect()
 }

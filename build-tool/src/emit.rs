@@ -240,3 +240,102 @@ pub fn new_function_names(old: &ObjectModel, patch: &Patch) -> Vec<String> {
     names.sort();
     names
 }
+
+/// The patch of one translation unit, before merging.
+#[derive(Debug)]
+pub struct UnitPatch {
+    /// Base name of the unit's OLD source (what `TargetSymbol::file` holds for its locals).
+    pub unit: String,
+    pub patch: Patch,
+    /// Names of the new functions it carries (see [`new_function_names`]).
+    pub new_functions: Vec<String>,
+}
+
+/// Merge the patches of several translation units, in the order given, into one patch named `name`.
+///
+/// Sections are concatenated unit by unit; references to the running program are merged and sorted.
+/// Patch symbols must have unique names, so a symbol whose name an earlier unit already uses (two
+/// units each with a `static int helper`) is renamed `name@unit` (then `name@unit.2`, …); the
+/// replaced function's `target` keeps the original name and its unit's file. With one unit the result
+/// is that unit's patch, renamed `name`. Returns the patch and the (renamed) new function names.
+pub fn merge(units: Vec<UnitPatch>, name: &str) -> Result<(Patch, Vec<String>)> {
+    let mut meta = Meta::new(name);
+    let references: BTreeSet<TargetSymbol> = units
+        .iter()
+        .flat_map(|u| u.patch.meta.references.iter().cloned())
+        .collect();
+    meta.references = references.into_iter().collect();
+
+    let mut sections = Vec::new();
+    let mut symbols: Vec<PatchSymbol> = Vec::new();
+    let mut relocations = Vec::new();
+    let mut taken: BTreeSet<String> = BTreeSet::new();
+    let mut new_functions = Vec::new();
+    let mut replaced: BTreeMap<TargetSymbol, String> = BTreeMap::new();
+    for unit in units {
+        let patch = unit.patch;
+        let (section_base, symbol_base) = (sections.len(), symbols.len());
+        let external: Vec<usize> = patch
+            .meta
+            .references
+            .iter()
+            .map(|r| meta.references.binary_search(r).unwrap_or_default())
+            .collect();
+        let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+        for mut symbol in patch.symbols {
+            let mut unique = symbol.name.clone();
+            let mut n = 1;
+            while taken.contains(&unique) {
+                unique = if n == 1 {
+                    format!("{}@{}", symbol.name, unit.unit)
+                } else {
+                    format!("{}@{}.{n}", symbol.name, unit.unit)
+                };
+                n += 1;
+            }
+            taken.insert(unique.clone());
+            if unique != symbol.name {
+                renamed.insert(symbol.name.clone(), unique.clone());
+            }
+            symbol.name = unique;
+            symbol.section += section_base;
+            symbols.push(symbol);
+        }
+        let rename = |n: &String| renamed.get(n).cloned().unwrap_or_else(|| n.clone());
+        sections.extend(patch.sections);
+        for mut reloc in patch.relocations {
+            reloc.section += section_base;
+            reloc.target = match reloc.target {
+                RelocTarget::Symbol(i) => RelocTarget::Symbol(i + symbol_base),
+                RelocTarget::Section(i) => RelocTarget::Section(i + section_base),
+                RelocTarget::External(i) => RelocTarget::External(external[i]),
+            };
+            relocations.push(reloc);
+        }
+        for mut function in patch.meta.functions {
+            function.replacement = rename(&function.replacement);
+            if let Some(other) = replaced.insert(function.target.clone(), unit.unit.clone()) {
+                bail!(
+                    "function '{}' is replaced by two units ({other} and {})",
+                    function.target.name,
+                    unit.unit
+                );
+            }
+            meta.functions.push(function);
+        }
+        meta.new_data.extend(patch.meta.new_data.iter().map(rename));
+        new_functions.extend(unit.new_functions.iter().map(rename));
+    }
+    meta.functions.sort_by(|a, b| a.target.cmp(&b.target));
+    meta.new_data.sort();
+    new_functions.sort();
+    Ok((
+        Patch {
+            meta,
+            sections,
+            symbols,
+            relocations,
+        },
+        new_functions,
+    ))
+}

@@ -14,9 +14,12 @@ pub mod closure;
 pub mod compare;
 pub mod compile;
 pub mod correlate;
+pub mod distro;
 pub mod emit;
+pub mod inputs;
 pub mod lines;
 pub mod object_model;
 pub mod refuse;
+pub mod target;
 
 pub use cli::{analyze, Analysis};
