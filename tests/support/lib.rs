@@ -97,7 +97,10 @@ impl Flavor {
 
     /// The same flavor with clang as the compiler of the target and of the patch.
     pub const fn clang(self) -> Flavor {
-        Flavor { cc: "clang", ..self }
+        Flavor {
+            cc: "clang",
+            ..self
+        }
     }
 
     /// The same flavor with `extra` as its further code-generation flags.

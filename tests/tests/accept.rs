@@ -74,7 +74,9 @@ fn recursive_function_is_patched_while_idle() {
     let mut s = Session::start(RECURSION.fixture, Flavor::PIE_O2);
     let calls = disassemble(&s.exe, "walk");
     assert!(
-        calls.lines().any(|l| l.contains("call") && l.contains("<walk>")),
+        calls
+            .lines()
+            .any(|l| l.contains("call") && l.contains("<walk>")),
         "walk() calls itself in the built target:\n{calls}"
     );
     assert_eq!(s.ask("20"), RECURSION.old);
