@@ -28,16 +28,19 @@ fn expect_refusal(name: &str, flavor: Flavor, symbol: &str) {
 fn changed_initializer_of_existing_global_is_refused() {
     expect_refusal("refuse_initializer", Flavor::PIE_O2, "limit");
     expect_refusal("refuse_initializer", Flavor::NO_PIE_O0, "limit");
+    expect_refusal("refuse_initializer", Flavor::PIE_O2.clang(), "limit");
 }
 
 #[test]
 fn static_made_global_is_refused() {
     expect_refusal("refuse_static_to_global", Flavor::PIE_O2, "limit");
+    expect_refusal("refuse_static_to_global", Flavor::PIE_O2.clang(), "limit");
 }
 
 #[test]
 fn changed_constructor_is_refused() {
     expect_refusal("refuse_constructor", Flavor::PIE_O2, "setup");
+    expect_refusal("refuse_constructor", Flavor::PIE_O2.clang(), "setup");
 }
 
 #[test]
@@ -45,4 +48,5 @@ fn function_smaller_than_a_jump_is_refused() {
     expect_refusal("refuse_too_small", Flavor::PIE_O2, "tiny");
     // 3 bytes after endbr64 still do not hold the jump.
     expect_refusal("refuse_too_small", Flavor::PIE_O2_CET, "tiny");
+    expect_refusal("refuse_too_small", Flavor::PIE_O2.clang(), "tiny");
 }
