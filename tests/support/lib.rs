@@ -66,44 +66,70 @@ pub fn tool(name: &str) -> PathBuf {
 /// Compiler settings the target and its patch are built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Flavor {
+    /// The C compiler: `gcc` or `clang` (passed to `ulp-build --cc` when not `gcc`).
+    pub cc: &'static str,
     /// Position-independent executable (`-fPIE -pie`) or not (`-fno-pie -no-pie`).
     pub pie: bool,
     /// Optimisation flag, e.g. `-O2`.
     pub opt: &'static str,
+    /// Further code-generation flags, e.g. `-fcf-protection=full`.
+    pub extra: &'static [&'static str],
 }
 
 impl Flavor {
-    pub const PIE_O2: Flavor = Flavor {
-        pie: true,
-        opt: "-O2",
-    };
-    pub const PIE_O0: Flavor = Flavor {
-        pie: true,
-        opt: "-O0",
-    };
-    pub const NO_PIE_O2: Flavor = Flavor {
-        pie: false,
-        opt: "-O2",
-    };
-    pub const NO_PIE_O0: Flavor = Flavor {
-        pie: false,
-        opt: "-O0",
-    };
+    pub const PIE_O2: Flavor = Flavor::gcc(true, "-O2");
+    pub const PIE_O0: Flavor = Flavor::gcc(true, "-O0");
+    pub const PIE_OS: Flavor = Flavor::gcc(true, "-Os");
+    pub const NO_PIE_O2: Flavor = Flavor::gcc(false, "-O2");
+    pub const NO_PIE_O0: Flavor = Flavor::gcc(false, "-O0");
+    /// Intel CET: every function that can be reached indirectly starts with `endbr64`.
+    pub const PIE_O2_CET: Flavor = Flavor::PIE_O2.with_extra(&["-fcf-protection=full"]);
+
+    /// A gcc flavor without extra flags.
+    pub const fn gcc(pie: bool, opt: &'static str) -> Flavor {
+        Flavor {
+            cc: "gcc",
+            pie,
+            opt,
+            extra: &[],
+        }
+    }
+
+    /// The same flavor with clang as the compiler of the target and of the patch.
+    pub const fn clang(self) -> Flavor {
+        Flavor {
+            cc: "clang",
+            ..self
+        }
+    }
+
+    /// The same flavor with `extra` as its further code-generation flags.
+    pub const fn with_extra(self, extra: &'static [&'static str]) -> Flavor {
+        Flavor { extra, ..self }
+    }
 
     /// Code-generation flags: used for the target and passed to `ulp-build --cflags`.
     pub fn cflags(&self) -> Vec<String> {
         let pic = if self.pie { "-fPIE" } else { "-fno-pie" };
-        vec![
-            self.opt.to_string(),
-            pic.to_string(),
-            format!("-I{}", fixtures_dir().join("common").display()),
-        ]
+        let mut flags = vec![self.opt.to_string(), pic.to_string()];
+        flags.extend(self.extra.iter().map(|f| f.to_string()));
+        flags.push(format!("-I{}", fixtures_dir().join("common").display()));
+        flags
     }
 
     /// Link-only flags for the target.
     pub fn ldflags(&self) -> Vec<String> {
         let pie = if self.pie { "-pie" } else { "-no-pie" };
         vec![pie.to_string(), "-pthread".to_string()]
+    }
+
+    /// `ulp-build` arguments that select this flavor's compiler (none for gcc, the default).
+    pub fn build_args(&self) -> Vec<&'static str> {
+        if self.cc == "gcc" {
+            Vec::new()
+        } else {
+            vec!["--cc", self.cc]
+        }
     }
 }
 
@@ -196,7 +222,18 @@ fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
 /// Compiles `sources` into the executable `out` with gcc: `cflags`, `-g`, then `ldflags`.
 /// Panics with gcc's output on failure.
 pub fn compile<S: AsRef<OsStr>>(sources: &[S], out: &Path, cflags: &[String], ldflags: &[String]) {
-    let mut cmd = Command::new("gcc");
+    compile_with("gcc", sources, out, cflags, ldflags);
+}
+
+/// Like [`compile`], with the compiler `cc`.
+pub fn compile_with<S: AsRef<OsStr>>(
+    cc: &str,
+    sources: &[S],
+    out: &Path,
+    cflags: &[String],
+    ldflags: &[String],
+) {
+    let mut cmd = Command::new(cc);
     cmd.args(cflags)
         .arg("-g")
         .args(sources)
@@ -207,16 +244,49 @@ pub fn compile<S: AsRef<OsStr>>(sources: &[S], out: &Path, cflags: &[String], ld
     assert_eq!(
         result.code,
         Some(0),
-        "gcc failed: {cmd:?}\n{}",
+        "{cc} failed: {cmd:?}\n{}",
         result.stderr
     );
 }
 
 /// Compiles a fixture source for `flavor` into `dir` and returns the executable's path.
 pub fn compile_fixture(source: &Path, dir: &Path, flavor: Flavor) -> PathBuf {
+    compile_fixture_sources(&[source], dir, flavor)
+}
+
+/// Compiles the fixture sources (one program) for `flavor` into `dir` and returns the
+/// executable's path.
+pub fn compile_fixture_sources(sources: &[&Path], dir: &Path, flavor: Flavor) -> PathBuf {
     let out = dir.join("target-program");
-    compile(&[source], &out, &flavor.cflags(), &flavor.ldflags());
+    compile_with(
+        flavor.cc,
+        sources,
+        &out,
+        &flavor.cflags(),
+        &flavor.ldflags(),
+    );
     out
+}
+
+/// The symbol names of an executable's `.symtab`, from `nm` (so a test can check that the code
+/// it means to patch has the shape it expects, e.g. that a GCC clone exists).
+pub fn symbol_names(exe: &Path) -> Vec<String> {
+    let out = run(Command::new("nm").arg(exe));
+    out.expect_code(0, "nm");
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect()
+}
+
+/// The disassembly of one function of an executable, from `objdump -d --disassemble=NAME`.
+pub fn disassemble(exe: &Path, function: &str) -> String {
+    let out = run(Command::new("objdump")
+        .arg("-d")
+        .arg(format!("--disassemble={function}"))
+        .arg(exe));
+    out.expect_code(0, "objdump");
+    out.stdout
 }
 
 /// Runs `ulp-build OLD NEW -o OUT`, passing each of `cflags` as its own `--cflags=…`, then `extra`.
@@ -362,6 +432,8 @@ pub struct Session {
     pub old: PathBuf,
     pub new: PathBuf,
     pub flavor: Flavor,
+    /// The running executable.
+    pub exe: PathBuf,
     pub patch: PathBuf,
     pub target: Target,
 }
@@ -376,8 +448,9 @@ impl Session {
             .expect("tempdir");
         let exe = compile_fixture(&old, dir.path(), flavor);
         let patch = dir.path().join(format!("{name}.ulp"));
-        ulp_build(&old, &new, &patch, &flavor.cflags(), &["--name", name])
-            .expect_code(0, "ulp-build");
+        let mut extra = vec!["--name", name];
+        extra.extend(flavor.build_args());
+        ulp_build(&old, &new, &patch, &flavor.cflags(), &extra).expect_code(0, "ulp-build");
         assert!(
             patch.is_file(),
             "ulp-build exited 0 but wrote no {}",
@@ -389,6 +462,7 @@ impl Session {
             old,
             new,
             flavor,
+            exe,
             patch,
             target,
         }
@@ -488,8 +562,51 @@ pub const STATIC_LOCAL: Case = Case {
     new: "ticket 1 (patched)",
 };
 
+/// `price` calls a new static helper and a new global function.
+pub const NEW_FUNCTIONS: Case = Case {
+    fixture: "new_functions",
+    query: "10",
+    old: "550",
+    new: "1688",
+};
+/// `cube` is called through a pointer stored in a global table before the patch.
+pub const FN_POINTER: Case = Case {
+    fixture: "fn_pointer",
+    query: "cube 7",
+    old: "cube 343",
+    new: "cube 1343",
+};
+/// `walk` calls itself.
+pub const RECURSION: Case = Case {
+    fixture: "recursion",
+    query: "20",
+    old: "6737",
+    new: "23282",
+};
+/// `calc` is a switch compiled to a jump table; case 2 changed (see also case 7 in the test).
+pub const SWITCH_TABLE: Case = Case {
+    fixture: "switch_table",
+    query: "2 9",
+    old: "72",
+    new: "144",
+};
+/// At -O2 gcc emits `scale.constprop.0` and `norm.isra.0`; both bodies changed.
+pub const GCC_CLONES: Case = Case {
+    fixture: "gcc_clones",
+    query: "10",
+    old: "347",
+    new: "278",
+};
+/// The first answer of a fresh process; the new variables count on in later answers.
+pub const NEW_DATA: Case = Case {
+    fixture: "new_data",
+    query: "5",
+    old: "score 10",
+    new: "score 10 bonus 105 calls 1",
+};
+
 /// Every fixture that answers queries.
-pub const ALL_CASES: [Case; 7] = [
+pub const ALL_CASES: [Case; 13] = [
     GLOBAL_FN,
     STATIC_FN,
     STRING_LITERAL,
@@ -497,6 +614,12 @@ pub const ALL_CASES: [Case; 7] = [
     LIBC_CALLS,
     THREADS,
     STATIC_LOCAL,
+    NEW_FUNCTIONS,
+    FN_POINTER,
+    RECURSION,
+    SWITCH_TABLE,
+    GCC_CLONES,
+    NEW_DATA,
 ];
 
 impl Case {
