@@ -64,8 +64,8 @@ pub enum Analysis {
     },
     /// Nothing to patch.
     NoChange,
-    /// The change cannot be live-patched; one reason per problem.
-    Refused(Vec<String>),
+    /// The change cannot be live-patched; one reason per problem, with its source line.
+    Refused(Vec<refuse::Refusal>),
 }
 
 /// Run correlate → compare → closure → refuse → emit on two parsed objects.
@@ -79,35 +79,17 @@ pub fn analyze(old: &ObjectModel, new: &ObjectModel, name: &str) -> Result<Analy
     reasons.extend(refuse::carried_content(new, &closure));
     if changes.replaced.is_empty() && !changes.new_functions.is_empty() {
         // Nothing in the running program would ever call the new code.
-        let names: Vec<&str> = changes
-            .new_functions
-            .iter()
-            .map(|&i| new.symbols[i].name.as_str())
-            .collect();
-        let mut shown: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| compare::cold_parent(n).is_none())
-            .collect();
-        if shown.is_empty() {
-            shown = names;
-        }
-        shown.sort_unstable();
-        reasons.push(format!(
-            "the change replaces no function of the running program (it only adds {})",
-            shown.join(", ")
-        ));
+        let added: Vec<usize> = changes.new_functions.iter().copied().collect();
+        reasons.push(refuse::only_additions(new, &added));
     }
     if reasons.is_empty() && changes.is_empty() {
         let removed = correlate::removed_functions(old, new);
         if !removed.is_empty() {
-            reasons.push(format!(
-                "the only change removes functions ({}); a live patch cannot remove code",
-                removed.join(", ")
-            ));
+            reasons.push(refuse::only_removals(old, &removed));
         }
     }
     if !reasons.is_empty() {
+        refuse::locate(&mut reasons, old, new);
         return Ok(Analysis::Refused(reasons));
     }
     if changes.is_empty() {

@@ -14,6 +14,7 @@ pub mod closure;
 pub mod compare;
 pub mod compile;
 pub mod correlate;
+pub mod dwarf;
 pub mod emit;
 pub mod object_model;
 pub mod refuse;
