@@ -13,7 +13,7 @@ use ulp_runtime::Patch;
 
 use crate::compile::{compile_pair, find_compiler, split_flags, CompileError};
 use crate::object_model::{self, ObjectModel};
-use crate::{closure, compare, correlate, emit, refuse};
+use crate::{closure, compare, correlate, emit, explain, refuse};
 
 /// Print to stdout, ignoring write errors: a closed pipe (`| head -c 1`) or a full device
 /// (`> /dev/full`) must not panic, and the exit status already tells the outcome (the `.ulp` file is
@@ -52,6 +52,9 @@ pub struct Args {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Explain why each function is in the patch (with a diff of its disassembly).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// What the pipeline decided for a pair of objects.
@@ -216,8 +219,11 @@ fn run(args: &Args) -> Result<i32> {
     }
     let (mut patch, new_functions) = match analyze(&old, &new, &name)? {
         Analysis::Refused(reasons) => {
-            for reason in reasons {
+            for reason in &reasons {
                 err_line(&format!("error: cannot live-patch: {reason}"));
+            }
+            if args.json {
+                out(&format!("{}\n", json!({ "refused": reasons })));
             }
             return Ok(2);
         }
@@ -244,8 +250,14 @@ fn run(args: &Args) -> Result<i32> {
         .with_context(|| format!("writing {}", args.output.display()))?;
     std::fs::write(&args.output, bytes)
         .with_context(|| format!("writing {}", args.output.display()))?;
+    let explanations = if args.explain || args.json {
+        explain::explain(&old, &new)
+    } else {
+        Vec::new()
+    };
     if args.json {
         let mut summary = summary_json(&patch, &new_functions, &args.output);
+        summary["explanations"] = json!(explanations);
         summary["removed_functions"] = json!(removed);
         if let Some(list) = summary["warnings"].as_array_mut() {
             list.extend(removed.iter().map(|f| json!(removed_warning(f))));
@@ -253,6 +265,9 @@ fn run(args: &Args) -> Result<i32> {
         out(&format!("{summary}\n"));
     } else {
         out(&summary_text(&patch, &new_functions, &args.output));
+        if args.explain {
+            out(&explain::render_text(&explanations));
+        }
     }
     for warning in warnings(&patch) {
         err_line(&format!("warning: {warning}"));

@@ -16,6 +16,7 @@ pub mod compile;
 pub mod correlate;
 pub mod dwarf;
 pub mod emit;
+pub mod explain;
 pub mod object_model;
 pub mod refuse;
 
