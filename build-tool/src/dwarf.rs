@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::{Path, PathBuf};
 
 use gimli::{AttributeValue, EndianSlice, LittleEndian};
 use object::elf;
@@ -63,6 +64,7 @@ pub struct Function {
 struct Row {
     offset: u64,
     end_sequence: bool,
+    is_stmt: bool,
     file: usize,
     line: u64,
 }
@@ -71,6 +73,8 @@ struct Row {
 #[derive(Debug, Clone, Default)]
 pub struct DebugInfo {
     files: Vec<String>,
+    /// Where each file of `files` is on disk (compilation directory joined).
+    paths: HashMap<String, PathBuf>,
     /// Line table rows per section, sorted by offset (an end-of-sequence row before a row starting at
     /// the same offset).
     rows: HashMap<usize, Vec<Row>>,
@@ -143,6 +147,21 @@ impl<'a> UnitReader<'a, '_> {
             .attr_string(self.unit, value)
             .ok()
             .map(|s| s.to_string_lossy().into_owned())
+    }
+
+    /// The path on disk of file `index` of the unit's line program header.
+    fn file_path(&self, index: u64) -> Option<PathBuf> {
+        let header = self.unit.line_program.as_ref()?.header();
+        let file = header.file(index)?;
+        let name = self.string(file.path_name())?;
+        let directory = file
+            .directory(header)
+            .and_then(|d| self.string(d))
+            .unwrap_or_default();
+        let mut path = PathBuf::from(self.comp_dir.clone().unwrap_or_default());
+        path.push(directory);
+        path.push(name);
+        Some(path)
     }
 
     /// The display name of file `index` of the unit's line program header.
@@ -281,9 +300,7 @@ impl DebugInfo {
             let Ok(unit) = dwarf.unit(header) else {
                 continue;
             };
-            let comp_dir = unit
-                .comp_dir
-                .map(|d| d.to_string_lossy().into_owned());
+            let comp_dir = unit.comp_dir.map(|d| d.to_string_lossy().into_owned());
             let reader = UnitReader {
                 dwarf: &dwarf,
                 unit: &unit,
@@ -293,6 +310,7 @@ impl DebugInfo {
             info.read_entries(&reader);
         }
         for rows in info.rows.values_mut() {
+            // Stable: rows at the same address keep their order (views).
             rows.sort_by_key(|r| (r.offset, !r.end_sequence));
         }
         info
@@ -308,6 +326,9 @@ impl DebugInfo {
             let index = row.file_index();
             let file = *names.entry(index).or_insert_with(|| {
                 let name = reader.file_name(index).unwrap_or_else(|| "?".to_string());
+                if let Some(path) = reader.file_path(index) {
+                    self.paths.entry(name.clone()).or_insert(path);
+                }
                 *file_ids.entry(name.clone()).or_insert_with(|| {
                     self.files.push(name);
                     self.files.len() - 1
@@ -317,6 +338,7 @@ impl DebugInfo {
             self.rows.entry(section).or_default().push(Row {
                 offset,
                 end_sequence: row.end_sequence(),
+                is_stmt: row.is_stmt(),
                 file,
                 line: row.line().map_or(0, |l| l.get()),
             });
@@ -398,23 +420,41 @@ impl DebugInfo {
         self.rows.is_empty() && self.functions.is_empty()
     }
 
-    /// The source line the code at `offset` of `section` came from (the nearest earlier row with a
-    /// line, within the same sequence).
+    /// The source line the code at `offset` of `section` came from: the nearest earlier address with
+    /// a line, within the same sequence; of several rows at that address (views), the last statement.
     pub fn line_at(&self, section: usize, offset: u64) -> Option<Location> {
         let rows = self.rows.get(&section)?;
         let at = rows.partition_point(|r| r.offset <= offset);
+        let mut best: Option<&Row> = None;
         for row in rows[..at].iter().rev() {
             if row.end_sequence {
-                return None;
+                break;
             }
-            if row.line != 0 {
-                return Some(Location {
-                    file: self.files[row.file].clone(),
-                    line: row.line,
-                });
+            if best.is_some_and(|b| b.offset != row.offset) {
+                break;
+            }
+            if row.line != 0
+                && (best.is_none() || (row.is_stmt && !best.is_some_and(|b| b.is_stmt)))
+            {
+                best = Some(row);
             }
         }
-        None
+        best.map(|row| Location {
+            file: self.files[row.file].clone(),
+            line: row.line,
+        })
+    }
+
+    /// Where source file `file` (a name from a [`Location`]) is on disk, as the compiler saw it.
+    pub fn source_path(&self, file: &str) -> Option<&Path> {
+        self.paths.get(file).map(PathBuf::as_path)
+    }
+
+    /// The text of a source line, read from disk (`None` if the file cannot be read).
+    pub fn source_line(&self, location: &Location) -> Option<String> {
+        let text = std::fs::read_to_string(self.source_path(&location.file)?).ok()?;
+        let index = usize::try_from(location.line).ok()?.checked_sub(1)?;
+        Some(text.lines().nth(index).unwrap_or_default().to_string())
     }
 
     /// The concrete function whose code starts at `offset` of `section`.

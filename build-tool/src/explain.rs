@@ -16,9 +16,9 @@ use serde::Serialize;
 use similar::{ChangeTag, TextDiff};
 
 use crate::compare::{self, Meaning, MeaningfulReloc};
+use crate::correlate;
 use crate::dwarf::{DebugInfo, Location};
 use crate::object_model::{ObjectModel, Symbol};
-use crate::correlate;
 
 /// Lines of diff kept per function (the rest is summarized).
 const MAX_DIFF_LINES: usize = 40;
@@ -151,6 +151,7 @@ struct Line {
     text: String,
     /// Source line (line table).
     line: Option<u64>,
+    location: Option<Location>,
     inlined: Option<String>,
 }
 
@@ -289,6 +290,7 @@ fn disassemble(object: &ObjectModel, symbol: &Symbol, info: &DebugInfo) -> Vec<L
         .map(|instruction| {
             let mut text = String::new();
             formatter.format(instruction, &mut text);
+            let location = info.line_in(symbol, instruction.ip());
             let inlined = info
                 .inlined_at(symbol, instruction.ip())
                 .last()
@@ -296,7 +298,8 @@ fn disassemble(object: &ObjectModel, symbol: &Symbol, info: &DebugInfo) -> Vec<L
             Line {
                 label: labels.get(&instruction.ip()).cloned(),
                 text,
-                line: info.line_in(symbol, instruction.ip()).map(|l| l.line),
+                line: location.as_ref().map(|l| l.line),
+                location,
                 inlined,
             }
         })
@@ -403,6 +406,20 @@ pub fn explain(old: &ObjectModel, new: &ObjectModel) -> Vec<Explanation> {
     explanations
 }
 
+/// The text of the source lines of a function's own code (not inlined callees), whitespace-trimmed;
+/// `None` when some line cannot be read.
+fn own_source(lines: &[Line], info: &DebugInfo, owner: Option<&str>) -> Option<BTreeSet<String>> {
+    let locations: BTreeSet<&Location> = lines
+        .iter()
+        .filter(|l| l.inlined.as_deref() == owner)
+        .filter_map(|l| l.location.as_ref())
+        .collect();
+    locations
+        .into_iter()
+        .map(|l| info.source_line(l).map(|t| t.trim().to_string()))
+        .collect()
+}
+
 fn located(location: Option<Location>) -> (Option<String>, Option<u64>) {
     match location {
         Some(l) => (Some(l.file), Some(l.line)),
@@ -434,7 +451,10 @@ fn replaced(
             new: new_bytes.len() as u64,
         });
     }
-    let (old_relocs, new_relocs) = (compare::relocations_of(old, o), compare::relocations_of(new, n));
+    let (old_relocs, new_relocs) = (
+        compare::relocations_of(old, o),
+        compare::relocations_of(new, n),
+    );
     let mut listed = 0;
     for (i, nr) in new_relocs.iter().enumerate() {
         if listed == MAX_RELOCATION_REASONS {
@@ -500,6 +520,24 @@ fn replaced(
             }
         }
     }
+    // A callee whose inlined code changed only because of a callee inlined into *it* did not change
+    // itself: keep the callees whose own source lines changed (all of them if that cannot be told).
+    if callees.len() > 1 {
+        let changed: BTreeSet<String> = callees
+            .iter()
+            .filter(|c| {
+                let (a, b) = (
+                    own_source(&old_lines, old_info, Some(c)),
+                    own_source(&new_lines, new_info, Some(c)),
+                );
+                a.is_none() || a != b
+            })
+            .cloned()
+            .collect();
+        if !changed.is_empty() {
+            callees = changed;
+        }
+    }
     let inlined: Vec<Reason> = callees
         .iter()
         .map(|callee| {
@@ -515,6 +553,17 @@ fn replaced(
             }
         })
         .collect();
+    // The function's own code may change with a callee inlined into it (a comparison of the callee's
+    // result, registers); what matters is whether its own source lines changed.
+    if own_changed && !callees.is_empty() {
+        let (a, b) = (
+            own_source(&old_lines, old_info, None),
+            own_source(&new_lines, new_info, None),
+        );
+        if a.is_some() && a == b {
+            own_changed = false;
+        }
+    }
     if own_changed {
         reasons.extend(inlined);
     } else {

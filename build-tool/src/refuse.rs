@@ -159,7 +159,10 @@ pub fn first_difference(
         Some(at) => Some(at as u64),
         None if a.len() != b.len() => Some(a.len().min(b.len()) as u64),
         None => {
-            let (ra, rb) = (relocations_of(old, old_symbol), relocations_of(new, new_symbol));
+            let (ra, rb) = (
+                relocations_of(old, old_symbol),
+                relocations_of(new, new_symbol),
+            );
             rb.iter()
                 .zip(&ra)
                 .find(|(n, o)| n != o)
@@ -221,12 +224,7 @@ pub fn function_changes(old: &ObjectModel, new: &ObjectModel, changes: &Changes)
     for (&n, (o, _)) in &changes.replaced {
         let (o, n) = (&old.symbols[*o], &new.symbols[n]);
         if o.binding != n.binding {
-            let reason = format!(
-                "{} function '{}' made {}",
-                describe(o),
-                n.name,
-                describe(n)
-            );
+            let reason = format!("{} function '{}' made {}", describe(o), n.name, describe(n));
             reasons.push(Refusal::new(&n.name, reason, Some(Site::new(n.index))));
         }
         let bytes = old.symbol_bytes(o);
@@ -330,7 +328,10 @@ pub fn carried_content(new: &ObjectModel, closure: &Closure) -> Vec<Refusal> {
             };
             if seen.insert(message.clone()) {
                 let site = symbol.map(|sym| {
-                    Site::at(sym, Some(reloc.offset.saturating_sub(new.symbols[sym].value)))
+                    Site::at(
+                        sym,
+                        Some(reloc.offset.saturating_sub(new.symbols[sym].value)),
+                    )
                 });
                 reasons.push(Refusal::new(&name, message, site));
             }
@@ -455,7 +456,10 @@ pub fn only_additions(new: &ObjectModel, functions: &[usize]) -> Refusal {
         shown = functions.to_vec();
     }
     shown.sort_by(|&a, &b| new.symbols[a].name.cmp(&new.symbols[b].name));
-    let names: Vec<&str> = shown.iter().map(|&i| new.symbols[i].name.as_str()).collect();
+    let names: Vec<&str> = shown
+        .iter()
+        .map(|&i| new.symbols[i].name.as_str())
+        .collect();
     Refusal::new(
         names.first().copied().unwrap_or_default(),
         format!(
