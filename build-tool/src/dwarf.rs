@@ -11,6 +11,7 @@
 //! so that every address read from the DWARF says which section and which offset it means, even though
 //! all code sections of a relocatable object start at address 0.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub struct DebugInfo {
     files: Vec<String>,
     /// Where each file of `files` is on disk (compilation directory joined).
     paths: HashMap<String, PathBuf>,
+    /// Source files read so far (by display name), as lines; `None` when unreadable.
+    sources: RefCell<HashMap<String, Option<Vec<String>>>>,
     /// Line table rows per section, sorted by offset (an end-of-sequence row before a row starting at
     /// the same offset).
     rows: HashMap<usize, Vec<Row>>,
@@ -450,11 +453,23 @@ impl DebugInfo {
         self.paths.get(file).map(PathBuf::as_path)
     }
 
-    /// The text of a source line, read from disk (`None` if the file cannot be read).
+    /// The text of a source line, read from disk once per file (`None` if it cannot be read).
     pub fn source_line(&self, location: &Location) -> Option<String> {
-        let text = std::fs::read_to_string(self.source_path(&location.file)?).ok()?;
+        let mut sources = self.sources.borrow_mut();
+        let lines = sources
+            .entry(location.file.clone())
+            .or_insert_with(|| {
+                let bytes = std::fs::read(self.source_path(&location.file)?).ok()?;
+                Some(
+                    String::from_utf8_lossy(&bytes)
+                        .lines()
+                        .map(str::to_string)
+                        .collect(),
+                )
+            })
+            .as_ref()?;
         let index = usize::try_from(location.line).ok()?.checked_sub(1)?;
-        Some(text.lines().nth(index).unwrap_or_default().to_string())
+        Some(lines.get(index).cloned().unwrap_or_default())
     }
 
     /// The concrete function whose code starts at `offset` of `section`.

@@ -285,7 +285,7 @@ fn disassemble(object: &ObjectModel, symbol: &Symbol, info: &DebugInfo) -> Vec<L
     );
     formatter.options_mut().set_first_operand_char_index(8);
     formatter.options_mut().set_rip_relative_addresses(true);
-    instructions
+    let lines = instructions
         .iter()
         .map(|instruction| {
             let mut text = String::new();
@@ -303,8 +303,8 @@ fn disassemble(object: &ObjectModel, symbol: &Symbol, info: &DebugInfo) -> Vec<L
                 inlined,
             }
         })
-        .collect::<Vec<_>>()
-        .pipe(attribute_scheduled)
+        .collect::<Vec<_>>();
+    attribute_scheduled(lines)
 }
 
 /// Optimizers move instructions of an inlined callee out of the ranges DWARF gives its inlined copy;
@@ -330,13 +330,6 @@ fn attribute_scheduled(mut lines: Vec<Line>) -> Vec<Line> {
     }
     lines
 }
-
-trait Pipe: Sized {
-    fn pipe<T>(self, f: impl FnOnce(Self) -> T) -> T {
-        f(self)
-    }
-}
-impl<T> Pipe for T {}
 
 /// The listing of a function: instructions, with labels before branch targets.
 fn listing(lines: &[Line]) -> Vec<String> {
