@@ -146,6 +146,7 @@ pub fn render_text(explanations: &[Explanation]) -> String {
 /// code came from.
 #[derive(Debug, Clone)]
 struct Line {
+    offset: u64,
     /// `.LN` when some branch of the function goes here.
     label: Option<String>,
     text: String,
@@ -296,6 +297,7 @@ fn disassemble(object: &ObjectModel, symbol: &Symbol, info: &DebugInfo) -> Vec<L
                 .last()
                 .map(|i| i.callee.clone());
             Line {
+                offset: instruction.ip(),
                 label: labels.get(&instruction.ip()).cloned(),
                 text,
                 line: location.as_ref().map(|l| l.line),
@@ -429,15 +431,43 @@ fn replaced(
     new_info: &DebugInfo,
     summary: &str,
 ) -> Explanation {
+    // The disassembly diff, and which inlined callees the changed instructions belong to.
+    let old_lines = disassemble(old, o, old_info);
+    let new_lines = disassemble(new, n, new_info);
+    let old_texts: Vec<&str> = old_lines.iter().map(|l| l.text.as_str()).collect();
+    let new_texts: Vec<&str> = new_lines.iter().map(|l| l.text.as_str()).collect();
+    let diff = similar::capture_diff_slices(similar::Algorithm::Myers, &old_texts, &new_texts);
+    // Where the code changes: the first changed instruction (in the diff) that comes from a source
+    // line OLD's code does not have; else the first instruction the diff shows changed (a branch
+    // displacement that differs only because code moved is no change; at -O2 this may be a register
+    // choice in the prologue); else the first differing byte.
+    let old_source: BTreeSet<String> = old_lines
+        .iter()
+        .filter_map(|l| l.location.as_ref())
+        .filter_map(|l| old_info.source_line(l))
+        .map(|t| t.trim().to_string())
+        .collect();
+    let inserted: Vec<&Line> = diff
+        .iter()
+        .filter(|op| op.tag() != similar::DiffTag::Equal)
+        .flat_map(|op| op.new_range().filter_map(|i| new_lines.get(i)))
+        .collect();
+    let first_changed = inserted
+        .iter()
+        .find(|l| {
+            l.location
+                .as_ref()
+                .and_then(|loc| new_info.source_line(loc))
+                .is_some_and(|t| !old_source.contains(t.trim()))
+        })
+        .or_else(|| inserted.first())
+        .map(|l| l.offset);
     let mut reasons = Vec::new();
     let (old_bytes, new_bytes) = (compare::masked_bytes(old, o), compare::masked_bytes(new, n));
-    if let Some(offset) = old_bytes.iter().zip(&new_bytes).position(|(a, b)| a != b) {
-        let (file, line) = located(new_info.line_in(n, offset as u64));
-        reasons.push(Reason::BytesDiffer {
-            offset: offset as u64,
-            file,
-            line,
-        });
+    let first_byte = old_bytes.iter().zip(&new_bytes).position(|(a, b)| a != b);
+    if let Some(offset) = first_byte.map(|b| first_changed.unwrap_or(b as u64)) {
+        let (file, line) = located(new_info.line_in(n, offset));
+        reasons.push(Reason::BytesDiffer { offset, file, line });
     } else if old_bytes.len() != new_bytes.len() {
         reasons.push(Reason::SizeChanged {
             old: old_bytes.len() as u64,
@@ -490,12 +520,6 @@ fn replaced(
         });
     }
 
-    // The disassembly diff, and which inlined callees the changed instructions belong to.
-    let old_lines = disassemble(old, o, old_info);
-    let new_lines = disassemble(new, n, new_info);
-    let old_texts: Vec<&str> = old_lines.iter().map(|l| l.text.as_str()).collect();
-    let new_texts: Vec<&str> = new_lines.iter().map(|l| l.text.as_str()).collect();
-    let diff = similar::capture_diff_slices(similar::Algorithm::Myers, &old_texts, &new_texts);
     let mut own_changed = false;
     let mut callees: BTreeSet<String> = BTreeSet::new();
     for op in &diff {

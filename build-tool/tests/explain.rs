@@ -335,3 +335,48 @@ fn new_functions_are_explained_as_new() {
     assert_eq!(extra["reasons"][0]["kind"], "new");
     assert_eq!(extra["line"], line_of(&new, "int extra"));
 }
+
+const LOOP: &str = r#"#include <ctype.h>
+
+void upper(char *out, const char *in, int n)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        if (in[i] == 0)
+            break;
+        out[i] = (char)toupper(in[i]);
+    }
+}
+"#;
+
+#[test]
+fn explain_names_the_changed_line_not_a_branch_that_moved() {
+    // The inserted instruction lengthens the loop: branches before it get other displacements, and
+    // the first differing *byte* is one of them. The explanation names the changed statement.
+    let new = LOOP.replace("(char)toupper(in[i]);", "(char)toupper(in[i]) ^ 1;");
+    let line = line_of(&new, "toupper");
+    let dir = setup(LOOP, &new);
+    for cc in compilers() {
+        for cflags in ["-O0", "-O2"] {
+            let out = build(dir.path(), cc, cflags, &["--json"]);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{cc} {cflags}: {}",
+                text(&out.stderr)
+            );
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let upper = &report["explanations"][0];
+            assert_eq!(upper["name"], "upper");
+            assert_eq!(
+                upper["reasons"][0]["kind"], "bytes_differ",
+                "{cc} {cflags}: {upper}"
+            );
+            assert_eq!(upper["reasons"][0]["line"], line, "{cc} {cflags}: {upper}");
+            assert!(
+                upper["diff"].as_str().unwrap().contains("+    xor"),
+                "{cc} {cflags}: {upper}"
+            );
+        }
+    }
+}
