@@ -201,7 +201,7 @@ fn terminated_apply_leaves_the_target_as_it_was() {
     let (file, _) = write_patch_file(dir.path(), "fix.ulp", &mut patch);
     // The busy thread never leaves `busy`, so ulp-apply waits (breakpoint on its return address
     // inserted, other threads stopped) until SIGTERM arrives mid-wait.
-    let mut apply = std::process::Command::new(APPLY)
+    let apply = std::process::Command::new(APPLY)
         .args(["-p", &pid, file.to_str().unwrap(), "--timeout", "30"])
         .stderr(std::process::Stdio::piped())
         .spawn()

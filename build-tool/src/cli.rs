@@ -14,7 +14,7 @@ use ulp_runtime::Patch;
 use crate::compile::{find_compiler, split_flags, CompileError};
 use crate::inputs::Unit;
 use crate::object_model::ObjectModel;
-use crate::{closure, compare, correlate, distro, emit, inputs, refuse, target};
+use crate::{closure, compare, correlate, distro, emit, explain, inputs, refuse, target};
 
 /// Print to stdout, ignoring write errors: a closed pipe (`| head -c 1`) or a full device
 /// (`> /dev/full`) must not panic, and the exit status already tells the outcome (the `.ulp` file is
@@ -73,6 +73,9 @@ pub struct Args {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Explain why each function is in the patch (with a diff of its disassembly).
+    #[arg(long)]
+    pub explain: bool,
 }
 
 /// What the pipeline decided for a pair of objects.
@@ -85,8 +88,8 @@ pub enum Analysis {
     },
     /// Nothing to patch.
     NoChange,
-    /// The change cannot be live-patched; one reason per problem.
-    Refused(Vec<String>),
+    /// The change cannot be live-patched; one reason per problem, with its source line.
+    Refused(Vec<refuse::Refusal>),
 }
 
 /// Run correlate → compare → closure → refuse → emit on two parsed objects.
@@ -100,35 +103,17 @@ pub fn analyze(old: &ObjectModel, new: &ObjectModel, name: &str) -> Result<Analy
     reasons.extend(refuse::carried_content(new, &closure));
     if changes.replaced.is_empty() && !changes.new_functions.is_empty() {
         // Nothing in the running program would ever call the new code.
-        let names: Vec<&str> = changes
-            .new_functions
-            .iter()
-            .map(|&i| new.symbols[i].name.as_str())
-            .collect();
-        let mut shown: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| compare::cold_parent(n).is_none())
-            .collect();
-        if shown.is_empty() {
-            shown = names;
-        }
-        shown.sort_unstable();
-        reasons.push(format!(
-            "the change replaces no function of the running program (it only adds {})",
-            shown.join(", ")
-        ));
+        let added: Vec<usize> = changes.new_functions.iter().copied().collect();
+        reasons.push(refuse::only_additions(new, &added));
     }
     if reasons.is_empty() && changes.is_empty() {
         let removed = correlate::removed_functions(old, new);
         if !removed.is_empty() {
-            reasons.push(format!(
-                "the only change removes functions ({}); a live patch cannot remove code",
-                removed.join(", ")
-            ));
+            reasons.push(refuse::only_removals(old, &removed));
         }
     }
     if !reasons.is_empty() {
+        refuse::locate(&mut reasons, old, new);
         return Ok(Analysis::Refused(reasons));
     }
     if changes.is_empty() {
@@ -313,6 +298,7 @@ fn run(args: &Args) -> Result<i32> {
     let mut refusals = Vec::new();
     let mut unit_patches = Vec::new();
     let mut removed = Vec::new();
+    let mut explanations = Vec::new();
     for unit in &inputs.units {
         // With the source texts, comparison recognises `__LINE__`-only shifts.
         let old = with_source(
@@ -334,16 +320,24 @@ fn run(args: &Args) -> Result<i32> {
             Analysis::Patch {
                 patch,
                 new_functions,
-            } => unit_patches.push(emit::UnitPatch {
-                unit: unit.file.clone(),
-                patch: *patch,
-                new_functions,
-            }),
+            } => {
+                if args.explain || args.json {
+                    explanations.extend(explain::explain(&old, &new));
+                }
+                unit_patches.push(emit::UnitPatch {
+                    unit: unit.file.clone(),
+                    patch: *patch,
+                    new_functions,
+                })
+            }
         }
     }
     if !refusals.is_empty() {
-        for reason in refusals {
+        for reason in &refusals {
             err_line(&format!("error: cannot live-patch: {reason}"));
+        }
+        if args.json {
+            out(&format!("{}\n", json!({ "refused": refusals })));
         }
         return Ok(2);
     }
@@ -361,8 +355,11 @@ fn run(args: &Args) -> Result<i32> {
     if let (Some(binary), Some(bin)) = (&binary, &args.target) {
         let reasons = binary.check(&patch, bin);
         if !reasons.is_empty() {
-            for reason in reasons {
+            for reason in &reasons {
                 err_line(&format!("error: cannot live-patch: {reason}"));
+            }
+            if args.json {
+                out(&format!("{}\n", json!({ "refused": reasons })));
             }
             return Ok(2);
         }
@@ -375,6 +372,7 @@ fn run(args: &Args) -> Result<i32> {
         .with_context(|| format!("writing {}", args.output.display()))?;
     if args.json {
         let mut summary = summary_json(&patch, &new_functions, &args.output);
+        summary["explanations"] = json!(explanations);
         summary["removed_functions"] = json!(removed);
         if let Some(list) = summary["warnings"].as_array_mut() {
             list.extend(removed.iter().map(|f| json!(removed_warning(f))));
@@ -382,6 +380,9 @@ fn run(args: &Args) -> Result<i32> {
         out(&format!("{summary}\n"));
     } else {
         out(&summary_text(&patch, &new_functions, &args.output));
+        if args.explain {
+            out(&explain::render_text(&explanations));
+        }
     }
     for warning in warnings(&patch) {
         err_line(&format!("warning: {warning}"));

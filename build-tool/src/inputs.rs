@@ -64,7 +64,8 @@ pub fn check_source(source: &Path) -> Result<()> {
 
 /// A unit compiled the simple way (`CC -c -ffunction-sections -fdata-sections -g FLAGS SOURCE`), its
 /// objects as `<index>.old.o` and `<index>.new.o` in `dir`. NEW also gets
-/// `-ffile-prefix-map=NEW=OLD`.
+/// `-fmacro-prefix-map=NEW=OLD`: `__FILE__` then names OLD in both, while NEW's DWARF still names
+/// NEW (explanations and refusals read NEW's source lines through it).
 pub fn simple_unit(
     compiler: &Path,
     flags: &[String],
@@ -80,7 +81,7 @@ pub fn simple_unit(
         let position = new_job.args.len() - 1;
         new_job.args.insert(
             position,
-            format!("-ffile-prefix-map={}={}", new.display(), old.display()),
+            format!("-fmacro-prefix-map={}={}", new.display(), old.display()),
         );
     }
     Unit {

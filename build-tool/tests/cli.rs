@@ -98,7 +98,7 @@ fn changed_initializer_exits_2_naming_the_global() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out).trim(),
-        "error: cannot live-patch: initializer of global 'scale' changed"
+        "error: cannot live-patch: new.c:3: initializer of global 'scale' changed"
     );
 }
 
@@ -216,7 +216,7 @@ fn patch_that_replaces_no_function_is_refused() {
         assert_eq!(out.status.code(), Some(2), "{cflags}: {}", stderr(&out));
         assert_eq!(
             stderr(&out).trim_end(),
-            "error: cannot live-patch: the change replaces no function of the running program \
+            "error: cannot live-patch: new.c:2: the change replaces no function of the running program \
              (it only adds f, g)",
             "{cflags}"
         );
@@ -248,7 +248,7 @@ fn removed_functions_warn_and_removal_alone_is_refused() {
     assert_eq!(
         stderr(&out).trim_end(),
         format!(
-            "{GONE_WARNING}\nerror: cannot live-patch: the only change removes functions (gone); \
+            "{GONE_WARNING}\nerror: cannot live-patch: old.c:4: the only change removes functions (gone); \
              a live patch cannot remove code"
         )
     );
@@ -259,7 +259,7 @@ fn removed_functions_warn_and_removal_alone_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).ends_with(
-            "error: cannot live-patch: the only change removes functions (compute, gone, main); \
+            "error: cannot live-patch: old.c:3: the only change removes functions (compute, gone, main); \
              a live patch cannot remove code\n"
         ),
         "{}",

@@ -588,7 +588,7 @@ fn clone_that_cannot_be_paired_is_refused_naming_it() {
     assert!(has_function(&built.new, "scale.constprop.1"));
     match built.analysis {
         Analysis::Refused(reasons) => {
-            let clones: Vec<&String> = reasons
+            let clones: Vec<&ulp_build::refuse::Refusal> = reasons
                 .iter()
                 .filter(|r| r.contains("cannot be paired"))
                 .collect();
