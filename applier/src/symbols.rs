@@ -4,7 +4,7 @@
 
 use object::elf;
 use object::read::elf::{ElfFile64, FileHeader, ProgramHeader, Sym};
-use object::{Object, ObjectSection, ObjectSymbol, RelocationTarget};
+use object::{Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
 
 use ulp_runtime::meta::{Binding, TargetSymbol};
 
@@ -105,7 +105,9 @@ impl ElfImage {
         let symtab = read_table(&mut file.symbols(), false);
         let dynsym = read_table(&mut file.dynamic_symbols(), true);
         let mut got_slots = Vec::new();
-        if let Some(relocations) = file.dynamic_relocations() {
+        // Dynamic relocations name `.dynsym` entries, not `.symtab` ones.
+        let dynamic_table = file.dynamic_symbol_table();
+        if let (Some(relocations), Some(table)) = (file.dynamic_relocations(), dynamic_table) {
             for (offset, reloc) in relocations {
                 let is_slot = matches!(
                     reloc.flags(),
@@ -113,7 +115,7 @@ impl ElfImage {
                         if r_type == elf::R_X86_64_GLOB_DAT || r_type == elf::R_X86_64_JUMP_SLOT
                 );
                 if let (true, RelocationTarget::Symbol(index)) = (is_slot, reloc.target()) {
-                    if let Ok(symbol) = file.symbol_by_index(index) {
+                    if let Ok(symbol) = table.symbol_by_index(index) {
                         got_slots.push((offset, symbol.name().unwrap_or("").to_string()));
                     }
                 }

@@ -303,11 +303,11 @@ fn run(args: &Args) -> Result<i32> {
         // With the source texts, comparison recognises `__LINE__`-only shifts.
         let old = with_source(
             inputs::parse_object(&unit.old_job.output, &unit.old, &unit.file)?,
-            &unit.old,
+            &unit.old_text,
         );
         let new = with_source(
             inputs::parse_object(&unit.new_job.output, &unit.new, &unit.file)?,
-            &unit.new,
+            &unit.new_text,
         );
         let unit_removed = correlate::removed_functions(&old, &new);
         for f in &unit_removed {

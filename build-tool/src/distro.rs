@@ -462,6 +462,8 @@ pub fn prepare(
         units.push(Unit {
             old: old_shown.clone(),
             new: new_shown.clone(),
+            old_text: old_copy.join(rel),
+            new_text: new_copy.join(rel),
             file: base_name(rel),
             old_job: job(&old_copy, "old", old_shown)?,
             new_job: job(&new_copy, "new", new_shown)?,

@@ -17,6 +17,10 @@ pub struct Unit {
     pub old: PathBuf,
     /// NEW source, as the user named it (messages).
     pub new: PathBuf,
+    /// The files holding OLD's and NEW's source text (in distro mode, inside the tree copies; `old`
+    /// and `new` name them for people), read for the `__LINE__` rule.
+    pub old_text: PathBuf,
+    pub new_text: PathBuf,
     /// Base name of the OLD source: the `STT_FILE` name of the unit in the running program, recorded
     /// as `TargetSymbol::file` for its local symbols.
     pub file: String,
@@ -87,6 +91,8 @@ pub fn simple_unit(
     Unit {
         old: old.to_path_buf(),
         new: new.to_path_buf(),
+        old_text: old.to_path_buf(),
+        new_text: new.to_path_buf(),
         file: base_name(old),
         old_job: Job::simple(compiler, flags, old, &dir.join(format!("{index}.old.o"))),
         new_job,

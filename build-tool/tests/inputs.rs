@@ -439,3 +439,24 @@ fn distro_mode_change_no_unit_uses_exits_3_with_a_warning() {
     );
     assert!(!dir.path().join("fix.ulp").exists());
 }
+
+#[test]
+fn distro_mode_line_shift_only_is_no_change() {
+    // An edit that only moves `checked` (and the `__LINE__` its assert passes) down by one line.
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let filler: String = (0..40).map(|i| format!("/* filler {i} */\n")).collect();
+    let old = format!(
+        "#include <assert.h>\n{filler}int checked(int x)\n{{\n\tassert(x >= 0);\n\treturn x * 7;\n}}\n"
+    );
+    write(&src, "c.c", &old);
+    let commands = format!(
+        r#"[{{ "directory": "{}", "file": "c.c", "command": "gcc -O2 -c c.c -o c.o" }}]"#,
+        src.display()
+    );
+    std::fs::write(dir.path().join("compile_commands.json"), commands).unwrap();
+    let diff = "--- a/c.c\n+++ b/c.c\n@@ -1,2 +1,3 @@\n #include <assert.h>\n\
+                +/* a comment the fix adds */\n /* filler 0 */\n";
+    let out = distro(dir.path(), diff, "fix.ulp");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

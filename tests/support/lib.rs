@@ -604,9 +604,16 @@ pub const NEW_DATA: Case = Case {
     old: "score 10",
     new: "score 10 bonus 105 calls 1",
 };
+/// Patched code calls strlen and memcpy, which glibc resolves through IFUNCs.
+pub const IFUNC_CALLS: Case = Case {
+    fixture: "ifunc_calls",
+    query: "kiwi",
+    old: "4 letters",
+    new: "4 letters in 'kiwi'",
+};
 
 /// Every fixture that answers queries.
-pub const ALL_CASES: [Case; 13] = [
+pub const ALL_CASES: [Case; 14] = [
     GLOBAL_FN,
     STATIC_FN,
     STRING_LITERAL,
@@ -620,6 +627,7 @@ pub const ALL_CASES: [Case; 13] = [
     SWITCH_TABLE,
     GCC_CLONES,
     NEW_DATA,
+    IFUNC_CALLS,
 ];
 
 impl Case {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use ulp_tests::{
     apply_ok, compile_fixture_sources, disassemble, fixtures_dir, revert_ok, scenario,
-    symbol_names, ulp_build, Flavor, Session, Target, FN_POINTER, GCC_CLONES, NEW_FUNCTIONS,
-    RECURSION, STATIC_FN, SWITCH_TABLE,
+    symbol_names, ulp_build, Flavor, Session, Target, FN_POINTER, GCC_CLONES, IFUNC_CALLS,
+    NEW_FUNCTIONS, RECURSION, STATIC_FN, SWITCH_TABLE,
 };
 
 /// Builds a patch of the fixture `name` (which must exit 3: no change) at `flavor`.
@@ -34,6 +34,12 @@ fn literal_that_only_moved_is_no_change() {
 #[test]
 fn line_number_only_change_is_no_change() {
     expect_no_change("line_only", Flavor::PIE_O2);
+}
+
+#[test]
+fn patched_code_calls_libc_functions_resolved_through_ifuncs() {
+    IFUNC_CALLS.check(Flavor::PIE_O2);
+    IFUNC_CALLS.check(Flavor::NO_PIE_O2);
 }
 
 #[test]
