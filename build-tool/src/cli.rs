@@ -158,6 +158,10 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    if let Err(e) = crate::interrupt::install() {
+        err_line(&format!("error: cannot install signal handlers: {e}"));
+        return 1;
+    }
     match run(&args) {
         Ok(code) => code,
         Err(e) => {
@@ -244,7 +248,7 @@ fn inputs(args: &Args) -> Result<Inputs> {
     }
     let compiler = find_compiler(args.cc.as_deref())?;
     let flags = split_flags(&args.cflags);
-    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let temp = crate::interrupt::temp_dir().context("creating a temporary directory")?;
     let units: Vec<Unit> = pairs
         .iter()
         .enumerate()

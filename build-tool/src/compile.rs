@@ -126,7 +126,12 @@ pub fn run_job(job: &Job) -> Result<(), CompileError> {
     if let Some(dir) = &job.directory {
         command.current_dir(dir);
     }
-    let result = command.output().map_err(|error| CompileError::Spawn {
+    // The compiler's own temporary files go next to the object, into our temporary directory, so
+    // that an interrupt (which kills the compiler outright) leaves none of them behind either.
+    if let Some(objects) = job.output.parent() {
+        command.env("TMPDIR", objects);
+    }
+    let result = crate::interrupt::output(&mut command).map_err(|error| CompileError::Spawn {
         compiler: job.program.display().to_string(),
         error,
     })?;

@@ -124,8 +124,29 @@ pub fn normalize(path: &Path) -> PathBuf {
 pub fn read_compile_commands(path: &Path) -> Result<Vec<Entry>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let entries: Vec<Entry> = serde_json::from_str(&text)
+    let mut entries: Vec<Entry> = serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: not a compilation database: {e}", path.display()))?;
+    // A relative `directory` is taken relative to the database's own directory. Directories and
+    // files are made canonical (no symlinks, no `..`), so that paths under the source tree are
+    // recognised as such and mapped into its copies.
+    let base = std::path::absolute(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    for entry in &mut entries {
+        let directory = base.join(&entry.directory);
+        entry.directory = directory.canonicalize().with_context(|| {
+            format!(
+                "{}: directory {} of {} does not exist",
+                path.display(),
+                directory.display(),
+                entry.file.display()
+            )
+        })?;
+        if let Ok(file) = entry.directory.join(&entry.file).canonicalize() {
+            entry.file = file;
+        }
+    }
     Ok(entries)
 }
 
@@ -223,7 +244,8 @@ pub fn apply_diff(diff: &Path, dir: &Path, strip: usize) -> Result<()> {
     })?;
     let diff_abs =
         std::path::absolute(diff).with_context(|| format!("reading {}", diff.display()))?;
-    let output = Command::new(patch)
+    let mut command = Command::new(patch);
+    command
         .arg(format!("-p{strip}"))
         .args([
             "--batch",
@@ -233,19 +255,24 @@ pub fn apply_diff(diff: &Path, dir: &Path, strip: usize) -> Result<()> {
             "-i",
         ])
         .arg(&diff_abs)
-        .current_dir(dir)
-        .output()
+        .current_dir(dir);
+    let output = crate::interrupt::output(&mut command)
         .with_context(|| format!("running patch on {}", diff.display()))?;
     if !output.status.success() {
         let text = String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr);
-        let first = text
-            .lines()
-            .find(|l| l.contains("FAILED") || l.contains("can't find") || l.contains("rror"))
-            .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
-            .unwrap_or("patch failed")
-            .trim()
-            .to_string();
+        let reason = |needle: &str| text.lines().find(|l| l.contains(needle));
+        let first = if reason("can't find file").is_some() || reason("No file to patch").is_some() {
+            format!("a file it changes is not in the tree at -p{strip} (wrong --strip?)")
+        } else {
+            ["FAILED", "Reversed", "malformed", "rror"]
+                .iter()
+                .find_map(|needle| reason(needle))
+                .or_else(|| text.lines().find(|l| !l.trim().is_empty()))
+                .unwrap_or("patch failed")
+                .trim()
+                .to_string()
+        };
         bail!(
             "{} does not apply to the source tree: {first}",
             diff.display()
@@ -346,6 +373,17 @@ pub fn prepare(
     let diff_text = std::fs::read(diff)
         .with_context(|| format!("reading {}", diff.display()))
         .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+    if let Some(line) = diff_text
+        .lines()
+        .find(|l| l.starts_with("rename from ") || l.starts_with("copy from "))
+    {
+        bail!(
+            "{} renames or copies files ({}); a live patch changes code, not which files a build \
+             has: make a diff without renames",
+            diff.display(),
+            line.trim()
+        );
+    }
     let files = diff_files(&diff_text);
     if files.is_empty() {
         bail!(
@@ -364,7 +402,7 @@ pub fn prepare(
         })?,
     };
     let entries = read_compile_commands(compile_commands)?;
-    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let temp = crate::interrupt::temp_dir().context("creating a temporary directory")?;
     let (old_copy, new_copy) = (temp.path().join("old"), temp.path().join("new"));
     copy_tree(&dir, &old_copy)?;
     copy_tree(&dir, &new_copy)?;
@@ -494,11 +532,9 @@ fn dependencies(
     let (program, mut args, directory) = adjust(entry, dir, copy, &[], None)?;
     args.extend(["-MM".to_string(), "-MF".to_string()]);
     args.push(depfile.display().to_string());
-    let output = Command::new(&program)
-        .args(&args)
-        .current_dir(&directory)
-        .output()
-        .with_context(|| format!("running {}", program.display()))?;
+    let output =
+        crate::interrupt::output(Command::new(&program).args(&args).current_dir(&directory))
+            .with_context(|| format!("running {}", program.display()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         bail!(

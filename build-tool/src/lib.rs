@@ -19,6 +19,7 @@ pub mod dwarf;
 pub mod emit;
 pub mod explain;
 pub mod inputs;
+pub mod interrupt;
 pub mod lines;
 pub mod object_model;
 pub mod refuse;

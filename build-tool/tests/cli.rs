@@ -348,3 +348,63 @@ fn name_with_control_characters_is_refused() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+#[test]
+fn terminated_build_leaves_no_compiler_running_and_no_temporary_files() {
+    // A source big enough that the compilers are still running when SIGTERM arrives.
+    let mut big = String::new();
+    for i in 0..20_000 {
+        big += &format!("int f{i}(int x) {{ return x * {i} + {}; }}\n", i % 7);
+    }
+    let dir = setup(&big);
+    std::fs::write(dir.path().join("old.c"), &big).unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ulp-build"))
+        .args(["old.c", "new.c", "-o", "fix.ulp", "--cflags", "-O2"])
+        .current_dir(dir.path())
+        .env("TMPDIR", &tmp)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until a compiler has started, then interrupt.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(20)
+        && compilers_writing_into(&tmp) == 0
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(compilers_writing_into(&tmp) > 0, "no compiler started");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // Killed with SIGKILL, they are gone within moments.
+    let killed = std::time::Instant::now();
+    while compilers_writing_into(&tmp) > 0 && killed.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(compilers_writing_into(&tmp), 0, "compilers left running");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temporary files left"
+    );
+}
+
+/// Processes whose command line names a path under `dir`.
+fn compilers_writing_into(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .count()
+}

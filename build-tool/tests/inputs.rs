@@ -460,3 +460,58 @@ fn distro_mode_line_shift_only_is_no_change() {
     let out = distro(dir.path(), diff, "fix.ulp");
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn distro_mode_relative_or_symlinked_directory_compiles_the_patched_copy() {
+    for directory in ["src", "srclink"] {
+        let dir = distro_tree();
+        std::os::unix::fs::symlink(dir.path().join("src"), dir.path().join("srclink")).unwrap();
+        // `directory` relative to the database's own directory (or through a symlink), `file`
+        // relative to it.
+        let commands = format!(
+            r#"[{{ "directory": "{directory}", "file": "b.c", "command": "gcc -O0 -c b.c -o b.o" }}]"#
+        );
+        std::fs::write(dir.path().join("compile_commands.json"), commands).unwrap();
+        let out = distro(dir.path(), B_DIFF, "fix.ulp");
+        assert_eq!(out.status.code(), Some(0), "{directory}: {}", stderr(&out));
+        assert_eq!(
+            replaced(&read(&dir.path().join("fix.ulp"))),
+            vec![helper_in("b.c")],
+            "{directory}"
+        );
+    }
+}
+
+#[test]
+fn distro_mode_rename_is_one_error_line() {
+    let dir = distro_tree();
+    let diff = "diff --git a/b.c b/b2.c\nsimilarity index 100%\nrename from b.c\nrename to b2.c\n";
+    let out = distro(dir.path(), diff, "fix.ulp");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("renames or copies files"), "{err}");
+}
+
+#[test]
+fn distro_mode_wrong_strip_level_says_so() {
+    let dir = distro_tree();
+    std::fs::write(dir.path().join("fix.patch"), B_DIFF).unwrap();
+    let out = ulp_build(
+        dir.path(),
+        &[
+            "--source",
+            "src",
+            "--diff",
+            "fix.patch",
+            "--compile-commands",
+            "compile_commands.json",
+            "--strip",
+            "0",
+            "-o",
+            "fix.ulp",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("wrong --strip"), "{}", stderr(&out));
+}
