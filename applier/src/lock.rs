@@ -23,7 +23,11 @@ fn lock_path(pid: i32) -> PathBuf {
     dir.join(format!("ulp-apply.{pid}.lock"))
 }
 
-/// Take the lock for `pid`, or refuse if another `ulp-apply` holds it.
+/// How long to wait for another holder before refusing. A descriptor of the lock can also outlive
+/// its run for a moment in a process that forked just then (until that child execs).
+const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Take the lock for `pid`, waiting up to [`WAIT`], or refuse if another `ulp-apply` keeps it.
 pub fn lock(pid: i32) -> Result<ProcessLock> {
     let path = lock_path(pid);
     let file = OpenOptions::new()
@@ -32,12 +36,22 @@ pub fn lock(pid: i32) -> Result<ProcessLock> {
         .write(true)
         .open(&path)
         .map_err(|e| failed!("cannot open lock file {}: {e}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(ProcessLock { _file: file }),
-        Err(TryLockError::WouldBlock) => Err(refused!(
-            "another ulp-apply is working on process {pid} (lock {})",
-            path.display()
-        )),
-        Err(TryLockError::Error(e)) => Err(failed!("cannot lock {}: {e}", path.display())),
+    let started = std::time::Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(ProcessLock { _file: file }),
+            Err(TryLockError::WouldBlock) if started.elapsed() < WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(refused!(
+                    "another ulp-apply is working on process {pid} (lock {})",
+                    path.display()
+                ))
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(failed!("cannot lock {}: {e}", path.display()))
+            }
+        }
     }
 }
