@@ -27,6 +27,28 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The directory of the crate `package` (a dependency of `ulp-tests` that is fetched for its
+/// sources, never built), found with `cargo metadata`, which also downloads it when missing.
+pub fn package_dir(package: &str) -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = run(Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--manifest-path"])
+        .arg(workspace_root().join("Cargo.toml")));
+    out.expect_code(0, "cargo metadata");
+    let meta: serde_json::Value = serde_json::from_str(&out.stdout).expect("cargo metadata JSON");
+    let manifest = meta["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .find(|p| p["name"] == package)
+        .and_then(|p| p["manifest_path"].as_str())
+        .unwrap_or_else(|| panic!("{package} in cargo metadata (a dependency of ulp-tests)"));
+    Path::new(manifest)
+        .parent()
+        .unwrap_or_else(|| panic!("{package} directory"))
+        .to_path_buf()
+}
+
 /// The `fixtures/` directory.
 pub fn fixtures_dir() -> PathBuf {
     workspace_root().join("fixtures")

@@ -4,33 +4,17 @@
 //! the running interpreter, and reverts it.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 
-use serde_json::Value;
-use ulp_tests::{
-    apply_ok, compile, fixtures_dir, revert_ok, run, ulp_build, workspace_root, Target,
-};
+use ulp_tests::{apply_ok, compile, fixtures_dir, package_dir, revert_ok, ulp_build, Target};
 
 /// Lua's own compiler flags (its makefile, `linux` target), without `-g`.
 const LUA_CFLAGS: [&str; 4] = ["-O2", "-Wall", "-DLUA_COMPAT_5_3", "-DLUA_USE_LINUX"];
 
 /// The `lua-5.4.*` source directory of the `lua-src` package, found with `cargo metadata`.
 fn lua_source_dir() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = run(Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(workspace_root().join("Cargo.toml")));
-    out.expect_code(0, "cargo metadata");
-    let meta: Value = serde_json::from_str(&out.stdout).expect("cargo metadata JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "lua-src")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("lua-src in cargo metadata (a dependency of ulp-tests)");
-    let root = Path::new(manifest).parent().expect("lua-src directory");
+    let root = package_dir("lua-src");
+    let root = root.as_path();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
         .expect("read lua-src directory")
         .filter_map(|e| e.ok().map(|e| e.path()))

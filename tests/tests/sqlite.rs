@@ -8,14 +8,10 @@
 //! compiles (OLD and NEW, inside ulp-build) on a 2-core machine; the target is compiled while
 //! ulp-build runs.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::thread;
 
-use serde_json::Value;
-use ulp_tests::{
-    apply_ok, compile, fixtures_dir, revert_ok, run, ulp_build, workspace_root, Target,
-};
+use ulp_tests::{apply_ok, compile, fixtures_dir, package_dir, revert_ok, ulp_build, Target};
 
 /// SQLite's usual flags for an embedded, single-threaded build (the target and the patch).
 const SQLITE_CFLAGS: [&str; 5] = [
@@ -28,23 +24,7 @@ const SQLITE_CFLAGS: [&str; 5] = [
 
 /// The directory holding `sqlite3.c` in the `libsqlite3-sys` package, found with `cargo metadata`.
 fn sqlite_source_dir() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = run(Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(workspace_root().join("Cargo.toml")));
-    out.expect_code(0, "cargo metadata");
-    let meta: Value = serde_json::from_str(&out.stdout).expect("cargo metadata JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "libsqlite3-sys")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("libsqlite3-sys in cargo metadata (a never-built dependency of ulp-tests)");
-    let dir = Path::new(manifest)
-        .parent()
-        .expect("libsqlite3-sys directory")
-        .join("sqlite3");
+    let dir = package_dir("libsqlite3-sys").join("sqlite3");
     assert!(
         dir.join("sqlite3.c").is_file(),
         "no sqlite3.c in {}",
@@ -111,7 +91,7 @@ fn sqlite_abs_is_patched_in_a_running_host() {
 
     // Exactly absFunc: it is only reached through SQLite's table of built-in functions, so no
     // function inlines it, and nothing else changed.
-    let report: Value = serde_json::from_str(&built.stdout).expect("ulp-build --json");
+    let report: serde_json::Value = serde_json::from_str(&built.stdout).expect("ulp-build --json");
     let functions: Vec<&str> = report["functions"]
         .as_array()
         .expect("functions")
