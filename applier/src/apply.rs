@@ -21,6 +21,7 @@ use crate::placement;
 use crate::quiesce;
 use crate::remote_syscall::{find_syscall_instruction, RemoteSyscaller};
 use crate::safety::Guarded;
+use crate::stack;
 use crate::state_scan;
 use crate::symbols::Target;
 use crate::unwind::FrameTable;
@@ -32,6 +33,8 @@ pub struct ApplyOptions {
     pub timeout: Duration,
     /// Stop before touching the process: resolve, check and link at a candidate address only.
     pub dry_run: bool,
+    /// Swap every patch applied to the process for this one, in one commit (`--replace`).
+    pub replace: bool,
 }
 
 impl Default for ApplyOptions {
@@ -39,6 +42,7 @@ impl Default for ApplyOptions {
         ApplyOptions {
             timeout: Duration::from_secs(5),
             dry_run: false,
+            replace: false,
         }
     }
 }
@@ -76,6 +80,10 @@ pub struct ApplyReport {
     pub stop_us: Option<u64>,
     /// Commit attempts made (more than one when a function was busy).
     pub attempts: u32,
+    /// With `--replace`: the ids of the patches this one replaced (their headers are retired).
+    pub replaced: Vec<String>,
+    /// Things that did not go as planned but did not fail the apply (a region kept mapped).
+    pub warnings: Vec<String>,
 }
 
 /// A function of the target the patch redirects, resolved and checked.
@@ -83,8 +91,11 @@ struct Redirect {
     name: String,
     address: u64,
     jump_at: u64,
-    /// The bytes at `jump_at` that the jump replaces.
+    /// The bytes at `jump_at` a revert puts back: what is there now, or with `--replace` the
+    /// original bytes (the earlier patches' headers are retired).
     saved: Vec<u8>,
+    /// The bytes at `jump_at` now: the original bytes, or an earlier patch's jump (stacking).
+    current: Vec<u8>,
     size: u64,
     replacement: usize,
 }
@@ -106,7 +117,13 @@ struct Inspection {
     plan: Plan,
 }
 
-fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result<Inspection> {
+fn inspect(
+    pid: i32,
+    patch: &Patch,
+    maps: &[Mapping],
+    memory: &Memory,
+    replace: bool,
+) -> Result<Inspection> {
     let meta = &patch.meta;
     if let Some(object) = &meta.target.object {
         return Err(failed!(
@@ -158,15 +175,6 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
                 };
                 refused!("wrong target: {e}{stripped}")
             })?;
-        if let Some(p) = existing
-            .iter()
-            .find(|p| p.functions.iter().any(|f| f.address == address))
-        {
-            return Err(refused!(
-                "function '{label}' is already patched by {}; stacking is not supported yet",
-                p.id
-            ));
-        }
         let mismatch = || {
             refused!(
                 "function '{label}' in process {pid} does not match the patch (built from other sources?)"
@@ -175,7 +183,9 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
         if size != function.original_size {
             return Err(mismatch());
         }
-        let bytes = memory.read(address, size as usize)?;
+        // Stacking: an earlier patch's jump is at the entry; the hash is of the original bytes.
+        let running = memory.read(address, size as usize)?;
+        let bytes = stack::original_bytes(&existing, address, &running)?;
         if masked_hash(&bytes, &function.masked) != function.original_hash {
             return Err(mismatch());
         }
@@ -197,7 +207,8 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
             name: label,
             address,
             jump_at: address + offset as u64,
-            saved: bytes[offset..offset + JMP_REL32_LEN].to_vec(),
+            saved: if replace { &bytes } else { &running }[offset..offset + JMP_REL32_LEN].to_vec(),
+            current: running[offset..offset + JMP_REL32_LEN].to_vec(),
             size,
             replacement,
         });
@@ -369,7 +380,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
     let _lock = crate::lock::lock(pid)?;
     let maps = maps::read(pid)?;
     let memory = Memory::open(pid)?;
-    let inspection = inspect(pid, patch, &maps, &memory)?;
+    let inspection = inspect(pid, patch, &maps, &memory, options.replace)?;
     crate::interrupt::check(pid)?;
     let (image, jumps) = link_somewhere(patch, &inspection, &maps)?;
     let sequence = inspection
@@ -410,7 +421,17 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
             .collect(),
         stop_us: None,
         attempts: 0,
+        replaced: Vec::new(),
+        warnings: Vec::new(),
     };
+    let replaced: &[AppliedPatch] = if options.replace {
+        &inspection.existing
+    } else {
+        &[]
+    };
+    report.replaced = replaced.iter().map(|p| p.id.clone()).collect();
+    let addresses: Vec<u64> = inspection.redirects.iter().map(|r| r.address).collect();
+    let restores = stack::restores_for_replace(replaced, &addresses)?;
     if options.dry_run {
         return Ok(report);
     }
@@ -467,16 +488,48 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         .flatten();
     let safe = quiesce::stop_when_safe(pid, &memory, &guarded, frames.as_ref(), options.timeout)?;
     report.attempts = safe.bursts + 1;
-    commit(
+    // `--replace`: functions only earlier patches redirect get their original bytes back, then
+    // the new jumps and header, then the earlier headers are retired, all in this one stop.
+    stack::write_all(&memory, &restores, &[])?;
+    let committed = commit(
         &memory,
         &inspection.redirects,
         &jumps,
         image.base,
         &header_bytes,
-    )?;
+    )
+    .and_then(|()| {
+        stack::retire(&memory, replaced).inspect_err(|_| {
+            uncommit(&memory, &inspection.redirects, image.base);
+            for p in replaced {
+                let _ = memory.write(p.region_start, &state::STATE_MAGIC);
+            }
+        })
+    });
+    if let Err(e) = committed {
+        for r in &restores {
+            let _ = memory.write(r.at, &r.expect);
+        }
+        return Err(e);
+    }
     let window = safe.threads.resume();
     region.committed = true;
     report.stop_us = Some(window.as_micros() as u64);
+    for p in replaced {
+        let guarded = [Guarded {
+            start: p.region_start,
+            end: p.region_start + p.region_size,
+            name: format!("code of patch {}", p.id),
+        }];
+        if let Err(e) =
+            crate::revert::unmap_when_unused(pid, p, &guarded, &maps, &memory, options.timeout)
+        {
+            report.warnings.push(format!(
+                "region of replaced patch {} at {:#x} kept mapped: {e}",
+                p.id, p.region_start
+            ));
+        }
+    }
     Ok(report)
 }
 
@@ -490,7 +543,7 @@ fn commit(
     header: &[u8],
 ) -> Result<()> {
     for r in redirects {
-        if memory.read(r.jump_at, JMP_REL32_LEN)? != r.saved {
+        if memory.read(r.jump_at, JMP_REL32_LEN)? != r.current {
             return Err(refused!(
                 "function '{}' changed while the patch was prepared",
                 r.name
@@ -507,8 +560,16 @@ fn commit(
     })();
     if result.is_err() {
         for r in &redirects[..written] {
-            let _ = memory.write(r.jump_at, &r.saved);
+            let _ = memory.write(r.jump_at, &r.current);
         }
     }
     result
+}
+
+/// Undo a successful [`commit`]: the entries as they were, the new header's magic zeroed.
+fn uncommit(memory: &Memory, redirects: &[Redirect], base: u64) {
+    for r in redirects {
+        let _ = memory.write(r.jump_at, &r.current);
+    }
+    let _ = memory.write(base, &[0; state::STATE_MAGIC.len()]);
 }

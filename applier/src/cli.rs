@@ -9,15 +9,21 @@ use clap::Parser;
 use crate::apply::{apply, ApplyOptions};
 use crate::error::{failed, Result};
 use crate::revert::revert;
-use crate::{interrupt, maps, memory::Memory, report, state_scan};
+use crate::{fleet, interrupt, maps, memory::Memory, report, state_scan};
 
 /// Apply a live patch to a running process, or revert one.
 #[derive(Debug, Parser)]
 #[command(name = "ulp-apply", version)]
 pub struct ApplyArgs {
     /// Process to patch.
-    #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..))]
-    pub pid: i32,
+    #[arg(short, long, value_parser = clap::value_parser!(i32).range(1..), required_unless_present = "all")]
+    pub pid: Option<i32>,
+    /// Apply to every process that has this executable or library mapped (instead of `-p`).
+    #[arg(long, value_name = "BIN", conflicts_with_all = ["pid", "revert", "replace"])]
+    pub all: Option<PathBuf>,
+    /// Swap every patch applied to the process for this (cumulative) one, in one commit.
+    #[arg(long, conflicts_with = "revert")]
+    pub replace: bool,
     /// The `.ulp` patch to apply.
     #[arg(required_unless_present = "revert", conflicts_with = "revert")]
     pub patch: Option<PathBuf>,
@@ -154,13 +160,32 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
         ));
     }
     let timeout = Duration::from_secs_f64(args.timeout);
-    check_is_process(args.pid)?;
+    let options = ApplyOptions {
+        timeout,
+        dry_run: args.dry_run,
+        replace: args.replace,
+    };
+    if let Some(bin) = &args.all {
+        interrupt::install()?;
+        let patch = read_patch_file(
+            args.patch
+                .as_deref()
+                .ok_or_else(|| failed!("no patch file given"))?,
+        )?;
+        let r = fleet::apply_all(bin, &patch, &options)?;
+        emit(args.json, r.text(), r.json());
+        return r.error().map_or(Ok(()), Err);
+    }
+    let pid = args
+        .pid
+        .ok_or_else(|| failed!("give -p PID or --all BIN"))?;
+    check_is_process(pid)?;
     interrupt::install()?;
     if let Some(which) = &args.revert {
         if which.as_deref() == Some("") {
             return Err(failed!("--revert was given an empty patch id or name"));
         }
-        let r = revert(args.pid, which.as_deref(), timeout)?;
+        let r = revert(pid, which.as_deref(), timeout)?;
         if let Some(warning) = &r.warning {
             eprintln!("warning: {warning}");
         }
@@ -172,11 +197,10 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
         .as_deref()
         .ok_or_else(|| failed!("no patch file given"))?;
     let patch = read_patch_file(path)?;
-    let options = ApplyOptions {
-        timeout,
-        dry_run: args.dry_run,
-    };
-    let r = apply(args.pid, &patch, &options)?;
+    let r = apply(pid, &patch, &options)?;
+    for warning in &r.warnings {
+        eprintln!("warning: {warning}");
+    }
     emit(args.json, report::apply_text(&r), report::apply_json(&r));
     Ok(())
 }

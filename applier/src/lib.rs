@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod cli;
 pub mod error;
+pub mod fleet;
 pub mod interrupt;
 pub mod lock;
 pub mod maps;
@@ -21,6 +22,7 @@ pub mod remote_syscall;
 pub mod report;
 pub mod revert;
 pub mod safety;
+pub mod stack;
 pub mod state_scan;
 pub mod symbols;
 pub mod unwind;

@@ -59,6 +59,7 @@ pub fn applied_text(pid: i32, patches: &[AppliedPatch]) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    let active = crate::stack::active(patches);
     let mut out = String::new();
     for p in patches {
         out += &format!(
@@ -73,14 +74,28 @@ pub fn applied_text(pid: i32, patches: &[AppliedPatch]) -> String {
             p.region_size
         );
         for f in &p.functions {
-            out += &format!("  {} at {:#x} -> {:#x}\n", f.name, f.address, f.new_address);
+            // Stacking: a later patch of the same function is the one that runs.
+            let now = match active.iter().find(|a| a.1 == f.address) {
+                Some(a) if a.2 != p.sequence => format!(" (runs #{} {})", a.2, a.3),
+                _ => " (active)".to_string(),
+            };
+            out += &format!(
+                "  {} at {:#x} -> {:#x}{now}\n",
+                f.name, f.address, f.new_address
+            );
         }
     }
     out
 }
 
 pub fn applied_json(pid: i32, patches: &[AppliedPatch]) -> serde_json::Value {
-    json!({ "pid": pid, "patches": patches })
+    let active: Vec<_> = crate::stack::active(patches)
+        .into_iter()
+        .map(|(name, address, sequence, id)| {
+            json!({ "function": name, "address": address, "sequence": sequence, "id": id })
+        })
+        .collect();
+    json!({ "pid": pid, "patches": patches, "active": active })
 }
 
 fn kind_name(kind: SectionKind) -> &'static str {

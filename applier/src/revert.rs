@@ -13,16 +13,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use ulp_runtime::hash::unhex;
 use ulp_runtime::state::{AppliedPatch, STATE_MAGIC};
 
-use crate::error::{failed, refused, Result};
+use crate::error::{failed, Result};
 use crate::maps;
 use crate::memory::Memory;
 use crate::ptrace::AllThreads;
 use crate::quiesce;
 use crate::remote_syscall::RemoteSyscaller;
 use crate::safety::Guarded;
+use crate::stack;
 use crate::state_scan;
 
 /// What `revert` did.
@@ -46,17 +46,9 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
     let memory = Memory::open(pid)?;
     let applied = state_scan::applied(&maps, &memory);
     let patch = choose(&applied, id, pid)?.clone();
-    let mut restores = Vec::new();
-    for f in &patch.functions {
-        let (Some(saved), Some(written)) = (unhex(&f.saved), unhex(&f.written)) else {
-            return Err(failed!(
-                "state header of patch {} in process {pid} is corrupt (function '{}')",
-                patch.id,
-                f.name
-            ));
-        };
-        restores.push((f, saved, written));
-    }
+    // Top of a stack: the entry gets the previous bytes back; under a later patch: that patch's
+    // header is relinked instead (see `stack`).
+    let plan = stack::plan_revert(&applied, &patch)?;
     let guarded = [Guarded {
         start: patch.region_start,
         end: patch.region_start + patch.region_size,
@@ -64,19 +56,7 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
     }];
 
     let threads = AllThreads::stop(pid)?;
-    for (f, _, written) in &restores {
-        if memory.read(f.jump_at, written.len())? != *written {
-            return Err(refused!(
-                "function '{}' at {:#x} no longer holds the jump of patch {}; not reverting",
-                f.name,
-                f.jump_at,
-                patch.id
-            ));
-        }
-    }
-    for (f, saved, _) in &restores {
-        memory.write(f.jump_at, saved)?;
-    }
+    stack::write_all(&memory, &plan.entries, &plan.headers)?;
     // The header must never claim a patch that is not applied.
     memory.write(patch.region_start, &[0; STATE_MAGIC.len()])?;
     let stop_us = threads.resume().as_micros() as u64;
@@ -100,7 +80,7 @@ pub fn revert(pid: i32, id: Option<&str>, timeout: Duration) -> Result<RevertRep
 
 /// Unmap the patch region once no thread uses it (the patch's code has no frame information, so
 /// busy threads are caught in bursts; they leave quickly, since no new call enters the patch).
-fn unmap_when_unused(
+pub(crate) fn unmap_when_unused(
     pid: i32,
     patch: &AppliedPatch,
     guarded: &[Guarded],
