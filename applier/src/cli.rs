@@ -33,6 +33,9 @@ pub struct ApplyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Look for separate debug files of stripped objects under DIR/.build-id/ (default /usr/lib/debug).
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Option<PathBuf>,
 }
 
 /// Describe a patch file, or list the patches applied to a process.
@@ -175,6 +178,7 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
     let options = ApplyOptions {
         timeout,
         dry_run: args.dry_run,
+        debug_dir: args.debug_dir.clone(),
     };
     let r = apply(args.pid, &patch, &options)?;
     emit(args.json, report::apply_text(&r), report::apply_json(&r));
