@@ -80,8 +80,20 @@ fn a_function_in_a_shared_library_is_patched_and_reverted() {
         object.ends_with("/libshape.so.1"),
         "patched object: {report:#}"
     );
-    // shape_scale(24) + margin(6) + abs(4 - 6); the counter lives on through the patch.
-    assert_eq!(target.ask("6 4"), "area 80 calls 2", "after the patch");
+    // The -fPIC code reaches the library's global through the GOT (REX_GOTPCRELX; the executable's
+    // COPY-relocated instance, as the library sees it), and calls its static and exported
+    // functions and libc's div() (PLT32).
+    let references: Vec<&str> = report["references"]
+        .as_array()
+        .expect("references")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for name in ["shape_calls", "shape_scale", "lib.c:margin", "div"] {
+        assert!(references.contains(&name), "{name} in {report:#}");
+    }
+    // shape_scale(24) + margin(6) + 24 % 5; the counter lives on through the patch.
+    assert_eq!(target.ask("6 4"), "area 82 calls 2", "after the patch");
     revert_ok(target.pid());
     assert_eq!(target.ask("6 4"), "area 30 calls 3", "after the revert");
     target.assert_alive();

@@ -108,7 +108,11 @@ fn zlib_adler32_is_patched_in_a_running_program() {
     // OLD is zlib's own adler32.c; NEW makes adler32() (not adler32_z()) flip the lowest bit.
     let original = std::fs::read_to_string(src.join("adler32.c")).expect("read adler32.c");
     let before = "    return adler32_z(adler, buf, len);\n";
-    assert_eq!(original.matches(before).count(), 1, "adler32() in adler32.c");
+    assert_eq!(
+        original.matches(before).count(),
+        1,
+        "adler32() in adler32.c"
+    );
     let patched = original.replace(before, "    return adler32_z(adler, buf, len) ^ 1;\n");
     for (sub, text) in [("old", &original), ("new", &patched)] {
         std::fs::create_dir(dir.join(sub)).expect("mkdir");
