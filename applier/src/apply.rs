@@ -205,7 +205,16 @@ fn inspect(
     let external = meta
         .references
         .iter()
-        .map(|r| target.resolve_reference(r, memory))
+        .map(|r| {
+            target.resolve_reference(r, memory).map_err(|e| {
+                // A static symbol of an object without any symbol table: stripped, no debug file.
+                if r.binding == Binding::Local && target.patched_object().image.symtab.is_empty() {
+                    refused!("wrong target: {e} (it has no symbol table and no debug file was found by build-id: stripped?)")
+                } else {
+                    e
+                }
+            })
+        })
         .collect::<Result<Vec<u64>>>()?;
     let plan = link::plan(patch, header_reserve(patch, &target));
     Ok(Inspection {

@@ -226,3 +226,46 @@ fn build_id(file: &Path) -> String {
         .map(|s| s.trim().to_string())
         .expect("a build-id note")
 }
+
+#[test]
+fn a_stripped_library_is_patched_with_its_debug_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let (exe, lib) = build_shape(dir, &[]);
+    // The patch is built against the library with its symbols; the process then loads it stripped.
+    let patch = build_shape_patch(dir, &lib);
+    let real = dir.join("libshape.so.1");
+    let id = build_id(&real);
+    let debug_root = dir.join("debug");
+    let debug_file = debug_root
+        .join(".build-id")
+        .join(&id[..2])
+        .join(format!("{}.debug", &id[2..]));
+    std::fs::create_dir_all(debug_file.parent().expect("parent")).expect("mkdir");
+    run(Command::new("objcopy")
+        .arg("--only-keep-debug")
+        .arg(&real)
+        .arg(&debug_file))
+    .expect_code(0, "objcopy --only-keep-debug");
+    run(Command::new("strip").arg("--strip-all").arg(&real)).expect_code(0, "strip");
+
+    let mut target = Target::spawn(&exe);
+    assert_eq!(target.ask("6 4"), "area 30 calls 1");
+    // margin() is static: without the debug file it cannot be found.
+    let out = ulp_apply(target.pid(), &[&patch]);
+    out.expect_code(2, "ulp-apply to a stripped library without debug file")
+        .expect_one_error_line();
+    assert!(out.stderr.contains("stripped"), "{}", out.stderr);
+    let out = ulp_apply(
+        target.pid(),
+        &[
+            patch.as_os_str(),
+            "--debug-dir".as_ref(),
+            debug_root.as_os_str(),
+        ],
+    );
+    out.expect_code(0, "ulp-apply --debug-dir (library)");
+    assert_eq!(target.ask("6 4"), "area 82 calls 2", "after the patch");
+    revert_ok(target.pid());
+    assert_eq!(target.ask("6 4"), "area 30 calls 3", "after the revert");
+}
