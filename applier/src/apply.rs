@@ -35,6 +35,8 @@ pub struct ApplyOptions {
     pub dry_run: bool,
     /// Swap every patch applied to the process for this one, in one commit (`--replace`).
     pub replace: bool,
+    /// Root of separate debug files by build-id (default `/usr/lib/debug`).
+    pub debug_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ApplyOptions {
@@ -43,6 +45,7 @@ impl Default for ApplyOptions {
             timeout: Duration::from_secs(5),
             dry_run: false,
             replace: false,
+            debug_dir: None,
         }
     }
 }
@@ -122,25 +125,17 @@ fn inspect(
     patch: &Patch,
     maps: &[Mapping],
     memory: &Memory,
-    replace: bool,
+    options: &ApplyOptions,
 ) -> Result<Inspection> {
+    let replace = options.replace;
     let meta = &patch.meta;
-    if let Some(object) = &meta.target.object {
-        return Err(failed!(
-            "patch {} targets shared library '{object}'; only the main executable can be patched yet",
-            meta.id
-        ));
-    }
-    let target = Target::inspect(pid, maps, memory)?;
-    if let (Some(want), Some(have)) = (&meta.target.build_id, &target.exe.image.build_id) {
-        if want != have {
-            return Err(refused!(
-                "patch {} is for build-id {want}, but process {pid} runs {} with build-id {have}",
-                meta.id,
-                target.exe.path
-            ));
-        }
-    }
+    let mut target = Target::inspect(pid, maps, memory)?;
+    crate::target_object::select(
+        &mut target,
+        &meta.target,
+        &meta.id,
+        options.debug_dir.as_deref(),
+    )?;
     let existing = state_scan::applied(maps, memory);
     if let Some(p) = existing.iter().find(|p| p.id == meta.id) {
         return Err(refused!(
@@ -168,8 +163,8 @@ fn inspect(
         let (address, size) = target
             .resolve_in_executable(&function.target)
             .map_err(|e| {
-                let stripped = if target.exe.image.symtab.is_empty() {
-                    " (it has no symbol table: stripped?)"
+                let stripped = if target.patched_object().image.symtab.is_empty() {
+                    " (it has no symbol table and no debug file was found by build-id: stripped?)"
                 } else {
                     ""
                 };
@@ -216,7 +211,16 @@ fn inspect(
     let external = meta
         .references
         .iter()
-        .map(|r| target.resolve_reference(r, memory))
+        .map(|r| {
+            target.resolve_reference(r, memory).map_err(|e| {
+                // A static symbol of an object without any symbol table: stripped, no debug file.
+                if r.binding == Binding::Local && target.patched_object().image.symtab.is_empty() {
+                    refused!("wrong target: {e} (it has no symbol table and no debug file was found by build-id: stripped?)")
+                } else {
+                    e
+                }
+            })
+        })
         .collect::<Result<Vec<u64>>>()?;
     let plan = link::plan(patch, header_reserve(patch, &target));
     Ok(Inspection {
@@ -235,7 +239,7 @@ fn header_reserve(patch: &Patch, target: &Target) -> u64 {
         name: patch.meta.name.clone(),
         sequence: u64::MAX,
         applied_at: u64::MAX,
-        target_object: target.exe.path.clone(),
+        target_object: target.patched_object().path.clone(),
         region_start: u64::MAX,
         region_size: u64::MAX,
         functions: patch
@@ -264,7 +268,7 @@ fn link_somewhere(
     let low = link::needs_low_addresses(patch);
     let candidates = placement::candidates(
         maps,
-        inspection.target.exe_range(),
+        inspection.target.object_range(),
         inspection.plan.size,
         low,
     );
@@ -289,7 +293,7 @@ fn link_somewhere(
         None => failed!(
             "no free address range of {:#x} bytes within reach of {}{}",
             inspection.plan.size,
-            inspection.target.exe.path,
+            inspection.target.patched_object().path,
             if low { " below 2 GiB" } else { "" }
         ),
     })
@@ -380,7 +384,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
     let _lock = crate::lock::lock(pid)?;
     let maps = maps::read(pid)?;
     let memory = Memory::open(pid)?;
-    let inspection = inspect(pid, patch, &maps, &memory, options.replace)?;
+    let inspection = inspect(pid, patch, &maps, &memory, options)?;
     crate::interrupt::check(pid)?;
     let (image, jumps) = link_somewhere(patch, &inspection, &maps)?;
     let sequence = inspection
@@ -395,7 +399,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         id: patch.meta.id.clone(),
         name: patch.meta.name.clone(),
         dry_run: options.dry_run,
-        target_object: inspection.target.exe.path.clone(),
+        target_object: inspection.target.patched_object().path.clone(),
         sequence,
         region_start: image.base,
         region_size: image.size,
@@ -456,7 +460,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0),
-        target_object: inspection.target.exe.path.clone(),
+        target_object: inspection.target.patched_object().path.clone(),
         region_start: image.base,
         region_size: image.size,
         functions: inspection
@@ -483,9 +487,12 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
     }
 
     // Without frame information busy threads are still caught, only less directly (see quiesce).
-    let frames = FrameTable::load(&format!("/proc/{pid}/exe"), inspection.target.exe.bias)
-        .ok()
-        .flatten();
+    let object = inspection.target.patched_object();
+    let frames_path = match inspection.target.patched {
+        None => format!("/proc/{pid}/exe"),
+        Some(_) => object.path.clone(),
+    };
+    let frames = FrameTable::load(&frames_path, object.bias).ok().flatten();
     let safe = quiesce::stop_when_safe(pid, &memory, &guarded, frames.as_ref(), options.timeout)?;
     report.attempts = safe.bursts + 1;
     // `--replace`: functions only earlier patches redirect get their original bytes back, then

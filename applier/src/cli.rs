@@ -39,6 +39,9 @@ pub struct ApplyArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Look for separate debug files of stripped objects under DIR/.build-id/ (default /usr/lib/debug).
+    #[arg(long, value_name = "DIR")]
+    pub debug_dir: Option<PathBuf>,
 }
 
 /// Describe a patch file, or list the patches applied to a process.
@@ -164,6 +167,7 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
         timeout,
         dry_run: args.dry_run,
         replace: args.replace,
+        debug_dir: args.debug_dir.clone(),
     };
     if let Some(bin) = &args.all {
         interrupt::install()?;

@@ -25,6 +25,7 @@ pub mod safety;
 pub mod stack;
 pub mod state_scan;
 pub mod symbols;
+pub mod target_object;
 pub mod unwind;
 
 pub use error::{Error, Result};

@@ -43,6 +43,8 @@ pub struct ElfImage {
     pub got_slots: Vec<(u64, String)>,
     /// GNU build-id as lowercase hex.
     pub build_id: Option<String>,
+    /// `DT_SONAME`, for shared libraries that have one.
+    pub soname: Option<String>,
 }
 
 impl ElfImage {
@@ -122,8 +124,10 @@ impl ElfImage {
             }
         }
         let build_id = file.build_id().ok().flatten().map(ulp_runtime::hash::hex);
+        let soname = crate::target_object::soname(&file);
         Ok(ElfImage {
             build_id,
+            soname,
             e_type: header.e_type(endian),
             symtab,
             dynsym,
@@ -160,6 +164,9 @@ pub struct Target {
     pub exe: LoadedObject,
     /// Shared libraries in the dynamic linker's load order.
     pub libraries: Vec<LoadedObject>,
+    /// The object being patched: `None` for the executable, else an index into `libraries`
+    /// (chosen by [`crate::target_object::select`]).
+    pub patched: Option<usize>,
 }
 
 fn strip_deleted(path: &str) -> &str {
@@ -235,33 +242,55 @@ impl Target {
             pid,
             exe,
             libraries,
+            patched: None,
         })
     }
 
-    /// Resolve a symbol of the main executable (the object being patched): address and size.
+    /// The object the patch applies to: the executable or one shared library.
+    pub fn patched_object(&self) -> &LoadedObject {
+        match self.patched {
+            Some(i) => &self.libraries[i],
+            None => &self.exe,
+        }
+    }
+
+    /// Mutable access to the object the patch applies to.
+    pub fn patched_object_mut(&mut self) -> &mut LoadedObject {
+        match self.patched {
+            Some(i) => &mut self.libraries[i],
+            None => &mut self.exe,
+        }
+    }
+
+    /// Resolve a symbol of the object being patched (the executable or a library): address and size.
     pub fn resolve_in_executable(&self, symbol: &TargetSymbol) -> Result<(u64, u64)> {
+        let object = self.patched_object();
         let found = match symbol.binding {
-            Binding::Local => resolve_local(&self.exe, symbol)?,
-            Binding::Global | Binding::Weak => find_global(&self.exe, &symbol.name, true)
+            Binding::Local => resolve_local(object, symbol)?,
+            Binding::Global | Binding::Weak => find_global(object, &symbol.name, true)
+                .or_else(|| find_hidden(object, &symbol.name))
                 .ok_or_else(|| {
                     failed!(
                         "symbol '{}' not found in {}",
                         symbol.name,
-                        self.exe.describe()
+                        object.describe()
                     )
                 })?,
         };
-        Ok((self.exe.bias + found.value, found.size))
+        Ok((object.bias + found.value, found.size))
     }
 
-    /// Resolve a symbol the patch refers to: locals in the executable, globals in load order.
+    /// Resolve a symbol the patch refers to: locals in the patched object, globals in load order
+    /// (executable first; the executable's and the patched object's `.symtab` too), and last a
+    /// hidden-visibility global of the patched object (`STB_LOCAL` once linked).
     pub fn resolve_reference(&self, symbol: &TargetSymbol, memory: &Memory) -> Result<u64> {
         if symbol.binding == Binding::Local {
             return self.resolve_in_executable(symbol).map(|(a, _)| a);
         }
         let objects = std::iter::once(&self.exe).chain(&self.libraries);
         for (i, object) in objects.enumerate() {
-            let Some(found) = find_global(object, &symbol.name, i == 0) else {
+            let own = i == 0 || self.patched == Some(i - 1);
+            let Some(found) = find_global(object, &symbol.name, own) else {
                 continue;
             };
             if found.kind == elf::STT_GNU_IFUNC {
@@ -273,6 +302,10 @@ impl Target {
                     symbol.name
                 ));
             }
+            return Ok(object.bias + found.value);
+        }
+        let object = self.patched_object();
+        if let Some(found) = find_hidden(object, &symbol.name) {
             return Ok(object.bias + found.value);
         }
         Err(failed!(
@@ -300,6 +333,12 @@ impl Target {
     /// The code range of the executable (for `rel32` reach).
     pub fn exe_range(&self) -> (u64, u64) {
         (self.exe.start, self.exe.end)
+    }
+
+    /// The range of the patched object's mappings (for `rel32` reach of its entry jumps).
+    pub fn object_range(&self) -> (u64, u64) {
+        let object = self.patched_object();
+        (object.start, object.end)
     }
 }
 
@@ -385,6 +424,15 @@ fn find_global<'a>(
         .find(|s| !s.hidden_version)
         .or_else(|| matching.first())
         .copied()
+}
+
+/// A hidden-visibility global: the static linker made it `STB_LOCAL`; accepted when unique by name.
+fn find_hidden<'a>(object: &'a LoadedObject, name: &str) -> Option<&'a ElfSymbol> {
+    let mut matching = object.image.symtab.iter().filter(|s| {
+        s.defined && s.name == name && s.bind == elf::STB_LOCAL && s.kind != elf::STT_SECTION
+    });
+    let first = matching.next()?;
+    matching.next().is_none().then_some(first)
 }
 
 /// Libraries in the dynamic linker's order, from the `r_debug` link map the executable's `DT_DEBUG`

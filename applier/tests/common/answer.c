@@ -1,7 +1,9 @@
 /* Answers one line per line read on stdin: answer(N), or "EINTR" if read() was interrupted.
-   With the argument "busy", a second thread spins in busy() forever. */
+   With the argument "busy", a second thread spins in busy() forever; the first answer comes only
+   once that thread is inside busy(), so a test never races its start. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +11,13 @@
 
 __attribute__((noinline)) int answer(int x) { return x + 1; }
 
+static volatile int spinning;
+
 __attribute__((noinline)) void busy(void) {
-    for (;;)
+    for (;;) {
+        spinning = 1;
         __asm__ volatile("" ::: "memory");
+    }
 }
 
 static void *spin(void *arg) {
@@ -24,6 +30,8 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "busy") == 0) {
         pthread_t t;
         pthread_create(&t, NULL, spin, NULL);
+        while (!spinning)
+            sched_yield();
     }
     char line[256];
     size_t len = 0;
