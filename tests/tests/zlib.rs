@@ -7,10 +7,9 @@
 //! running program, and reverted.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
-use ulp_tests::{compile, fixtures_dir, run, ulp_apply, ulp_build, workspace_root, Target};
+use ulp_tests::{compile, fixtures_dir, package_dir, ulp_apply, ulp_build, Target};
 
 /// What zlib's `configure` uses for the shared library on Linux with gcc (`SFLAGS`); `-g` is added
 /// by `compile` (and by `ulp-build`).
@@ -24,23 +23,7 @@ const ZLIB_UNITS: [&str; 15] = [
 
 /// `src/zlib` of the `libz-sys` package, found with `cargo metadata`.
 fn zlib_source_dir() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = run(Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(workspace_root().join("Cargo.toml")));
-    out.expect_code(0, "cargo metadata");
-    let meta: Value = serde_json::from_str(&out.stdout).expect("cargo metadata JSON");
-    let manifest = meta["packages"]
-        .as_array()
-        .expect("packages")
-        .iter()
-        .find(|p| p["name"] == "libz-sys")
-        .and_then(|p| p["manifest_path"].as_str())
-        .expect("libz-sys in cargo metadata (a never-built dependency of ulp-tests)");
-    let dir = Path::new(manifest)
-        .parent()
-        .expect("libz-sys directory")
-        .join("src/zlib");
+    let dir = package_dir("libz-sys").join("src/zlib");
     assert!(
         dir.join("adler32.c").is_file(),
         "no adler32.c in {}",
