@@ -8,7 +8,7 @@ use nix::libc;
 use serde::Serialize;
 
 use ulp_runtime::hash::{hex, masked_hash};
-use ulp_runtime::link::{self, LinkedImage, Plan, Protection};
+use ulp_runtime::link::{self, LinkedImage, Plan, Protection, Resolved};
 use ulp_runtime::meta::{Binding, TargetSymbol};
 use ulp_runtime::state::{self, AppliedFunction, AppliedPatch};
 use ulp_runtime::x86_64::{self, JMP_REL32_LEN};
@@ -56,7 +56,11 @@ pub struct FunctionReport {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ReferenceReport {
     pub name: String,
+    /// Run-time address; 0 for a thread-local variable (see `tp_offset`).
     pub address: u64,
+    /// For a thread-local variable: its offset from the thread pointer, the same in every thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tp_offset: Option<i64>,
 }
 
 /// What `apply` did (or, for a dry run, would do).
@@ -101,7 +105,7 @@ pub fn symbol_label(symbol: &TargetSymbol) -> String {
 struct Inspection {
     target: Target,
     redirects: Vec<Redirect>,
-    external: Vec<u64>,
+    external: Vec<Resolved>,
     existing: Vec<AppliedPatch>,
     plan: Plan,
 }
@@ -205,8 +209,8 @@ fn inspect(pid: i32, patch: &Patch, maps: &[Mapping], memory: &Memory) -> Result
     let external = meta
         .references
         .iter()
-        .map(|r| target.resolve_reference(r, memory))
-        .collect::<Result<Vec<u64>>>()?;
+        .map(|r| crate::tls::resolve_reference(&target, r, memory))
+        .collect::<Result<Vec<Resolved>>>()?;
     let plan = link::plan(patch, header_reserve(patch, &target));
     Ok(Inspection {
         target,
@@ -259,7 +263,7 @@ fn link_somewhere(
     );
     let mut last_error = None;
     for base in candidates {
-        match link::link(patch, &inspection.plan, base, &inspection.external) {
+        match link::link_resolved(patch, &inspection.plan, base, &inspection.external) {
             Ok(image) => {
                 let jumps: Option<Vec<_>> = inspection
                     .redirects
@@ -403,9 +407,16 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
             .references
             .iter()
             .zip(&inspection.external)
-            .map(|(r, &address)| ReferenceReport {
+            .map(|(r, &value)| ReferenceReport {
                 name: symbol_label(r),
-                address,
+                address: match value {
+                    Resolved::Address(address) => address,
+                    Resolved::ThreadPointerOffset(_) => 0,
+                },
+                tp_offset: match value {
+                    Resolved::Address(_) => None,
+                    Resolved::ThreadPointerOffset(offset) => Some(offset),
+                },
             })
             .collect(),
         stop_us: None,

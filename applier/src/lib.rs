@@ -23,6 +23,7 @@ pub mod revert;
 pub mod safety;
 pub mod state_scan;
 pub mod symbols;
+pub mod tls;
 pub mod unwind;
 
 pub use error::{Error, Result};

@@ -303,7 +303,10 @@ impl Target {
     }
 }
 
-fn resolve_local<'a>(object: &'a LoadedObject, symbol: &TargetSymbol) -> Result<&'a ElfSymbol> {
+pub(crate) fn resolve_local<'a>(
+    object: &'a LoadedObject,
+    symbol: &TargetSymbol,
+) -> Result<&'a ElfSymbol> {
     let candidates: Vec<&ElfSymbol> = object
         .image
         .symtab
@@ -361,7 +364,7 @@ fn resolve_local<'a>(object: &'a LoadedObject, symbol: &TargetSymbol) -> Result<
 
 /// A defined global/weak symbol of `object`: `.symtab` then `.dynsym` for the executable, `.dynsym`
 /// (default version preferred) for libraries.
-fn find_global<'a>(
+pub(crate) fn find_global<'a>(
     object: &'a LoadedObject,
     name: &str,
     use_symtab: bool,
