@@ -184,3 +184,46 @@ fn dynamic_tls_models_are_refused() {
     cflags.push("-ftls-model=global-dynamic".into());
     expect_refusal("tls", &cflags, "not supported");
 }
+
+/// A thread-local variable of a shared library, reached initial-exec: its offset is the one the
+/// dynamic linker wrote into the program's GOT (`R_X86_64_TPOFF64`).
+#[test]
+fn tls_of_a_shared_library() {
+    let flavor = Flavor::PIE_O2;
+    let (old, new) = scenario("tls_lib");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = dir.path().join("libtlsdep.so");
+    let lib_source = old.parent().unwrap().join("lib.c");
+    compile_with(
+        "gcc",
+        &[&lib_source],
+        &lib,
+        &["-O2".into(), "-fPIC".into()],
+        &["-shared".into()],
+    );
+    let exe = dir.path().join("target-program");
+    let mut ldflags = flavor.ldflags();
+    ldflags.extend([
+        format!("-L{}", dir.path().display()),
+        "-ltlsdep".into(),
+        format!("-Wl,-rpath,{}", dir.path().display()),
+    ]);
+    compile_with("gcc", &[&old], &exe, &flavor.cflags(), &ldflags);
+    let patch = dir.path().join("tls_lib.ulp");
+    ulp_build(&old, &new, &patch, &flavor.cflags(), &[]).expect_code(0, "ulp-build");
+
+    let mut t = Target::spawn(&exe);
+    assert_eq!(t.ask("main"), "51 51");
+    assert_eq!(t.ask("thread"), "51 51");
+    apply_ok(t.pid(), &patch);
+    assert_eq!(
+        t.ask("main"),
+        "58 58 new",
+        "the library sees what the patch wrote"
+    );
+    assert_eq!(t.ask("thread"), "58 58 new");
+    assert_eq!(t.ask("thread"), "65 65 new");
+    revert_ok(t.pid());
+    assert_eq!(t.ask("main"), "59 59");
+    t.assert_alive();
+}
