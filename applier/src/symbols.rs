@@ -269,7 +269,7 @@ impl Target {
             }
             if found.kind == elf::STT_TLS {
                 return Err(refused!(
-                    "symbol '{}' is thread-local; TLS references are not supported yet",
+                    "symbol '{}' is thread-local: it has no address (only local-exec and initial-exec references reach it)",
                     symbol.name
                 ));
             }
