@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use ulp_tests::{
-    apply_ok, compile_with, revert_ok, scenario, ulp_build, Flavor, Target, GLOBAL_FN,
+    apply_ok, compile_with, revert_ok, scenario, ulp_apply, ulp_build, Flavor, Target, GLOBAL_FN,
 };
 
 /// How the target executable is linked.
@@ -185,14 +185,10 @@ fn dynamic_tls_models_are_refused() {
     expect_refusal("tls", &cflags, "not supported");
 }
 
-/// A thread-local variable of a shared library, reached initial-exec: its offset is the one the
-/// dynamic linker wrote into the program's GOT (`R_X86_64_TPOFF64`).
-#[test]
-fn tls_of_a_shared_library() {
-    let flavor = Flavor::PIE_O2;
-    let (old, new) = scenario("tls_lib");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lib = dir.path().join("libtlsdep.so");
+/// Builds fixtures/tls_lib: libtlsdep.so and the program linked against it, in `dir`.
+fn build_tls_lib(dir: &Path) -> PathBuf {
+    let (old, _) = scenario("tls_lib");
+    let lib = dir.join("libtlsdep.so");
     let lib_source = old.parent().unwrap().join("lib.c");
     compile_with(
         "gcc",
@@ -201,16 +197,26 @@ fn tls_of_a_shared_library() {
         &["-O2".into(), "-fPIC".into()],
         &["-shared".into()],
     );
-    let exe = dir.path().join("target-program");
-    let mut ldflags = flavor.ldflags();
+    let exe = dir.join("target-program");
+    let mut ldflags = Flavor::PIE_O2.ldflags();
     ldflags.extend([
-        format!("-L{}", dir.path().display()),
+        format!("-L{}", dir.display()),
         "-ltlsdep".into(),
-        format!("-Wl,-rpath,{}", dir.path().display()),
+        format!("-Wl,-rpath,{}", dir.display()),
     ]);
-    compile_with("gcc", &[&old], &exe, &flavor.cflags(), &ldflags);
+    compile_with("gcc", &[&old], &exe, &Flavor::PIE_O2.cflags(), &ldflags);
+    exe
+}
+
+/// A thread-local variable of a shared library, reached initial-exec: its offset is the one the
+/// dynamic linker wrote into the program's GOT (`R_X86_64_TPOFF64`).
+#[test]
+fn tls_of_a_shared_library() {
+    let (old, new) = scenario("tls_lib");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = build_tls_lib(dir.path());
     let patch = dir.path().join("tls_lib.ulp");
-    ulp_build(&old, &new, &patch, &flavor.cflags(), &[]).expect_code(0, "ulp-build");
+    ulp_build(&old, &new, &patch, &Flavor::PIE_O2.cflags(), &[]).expect_code(0, "ulp-build");
 
     let mut t = Target::spawn(&exe);
     assert_eq!(t.ask("main"), "51 51");
@@ -225,5 +231,30 @@ fn tls_of_a_shared_library() {
     assert_eq!(t.ask("thread"), "65 65 new");
     revert_ok(t.pid());
     assert_eq!(t.ask("main"), "59 59");
+    t.assert_alive();
+}
+
+/// A library variable that nothing in the program reaches initial-exec has no thread-pointer
+/// offset the applier can read: refused with one error line, the target untouched.
+#[test]
+fn tls_of_a_shared_library_not_reached_initial_exec_is_refused() {
+    let (old, _) = scenario("tls_lib");
+    let new = old.parent().unwrap().join("unreached/prog.c");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exe = build_tls_lib(dir.path());
+    let patch = dir.path().join("unreached.ulp");
+    ulp_build(&old, &new, &patch, &Flavor::PIE_O2.cflags(), &[]).expect_code(0, "ulp-build");
+
+    let mut t = Target::spawn(&exe);
+    assert_eq!(t.ask("main"), "51 51");
+    let out = ulp_apply(t.pid(), &[patch.as_os_str()]);
+    out.expect_code(1, "ulp-apply").expect_one_error_line();
+    assert!(
+        out.stderr.contains("thread-local 'lib_other'")
+            && out.stderr.contains("not reached initial-exec"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(t.ask("main"), "52 52", "the old code still runs");
     t.assert_alive();
 }
