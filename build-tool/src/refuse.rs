@@ -287,16 +287,21 @@ fn owner(new: &ObjectModel, section: usize) -> (String, String, Option<usize>) {
 fn tls_refusal(new: &ObjectModel, r_type: u32, decision: Option<&Decision>) -> Option<String> {
     let name = relocation_name(r_type);
     if !is_supported_tls(r_type) {
-        let model = match r_type {
-            elf::R_X86_64_TLSGD => "general-dynamic",
-            elf::R_X86_64_TLSLD | elf::R_X86_64_DTPOFF32 | elf::R_X86_64_DTPOFF64 => {
-                "local-dynamic"
-            }
-            elf::R_X86_64_GOTPC32_TLSDESC | elf::R_X86_64_TLSDESC_CALL => "TLS descriptor",
-            _ => "this",
+        // One line per model: the types that come together name the same model the same way.
+        let (model, types) = match r_type {
+            elf::R_X86_64_TLSGD => ("general-dynamic", name),
+            elf::R_X86_64_TLSLD | elf::R_X86_64_DTPOFF32 | elf::R_X86_64_DTPOFF64 => (
+                "local-dynamic",
+                "R_X86_64_TLSLD, R_X86_64_DTPOFF32".to_string(),
+            ),
+            elf::R_X86_64_GOTPC32_TLSDESC | elf::R_X86_64_TLSDESC_CALL => (
+                "TLS-descriptor",
+                "R_X86_64_GOTPC32_TLSDESC, R_X86_64_TLSDESC_CALL".to_string(),
+            ),
+            _ => ("an unsupported", name),
         };
         return Some(format!(
-            "uses thread-local storage with the {model} model ({name}): not supported \
+            "uses thread-local storage with the {model} model ({types}): not supported \
              (only local-exec and initial-exec; build with -ftls-model=initial-exec)"
         ));
     }

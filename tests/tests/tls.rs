@@ -179,7 +179,7 @@ fn dynamic_tls_models_are_refused() {
     expect_refusal(
         "tls",
         &cflags,
-        "local-dynamic model (R_X86_64_TLSLD): not supported",
+        "local-dynamic model (R_X86_64_TLSLD, R_X86_64_DTPOFF32): not supported",
     );
     cflags.push("-ftls-model=global-dynamic".into());
     expect_refusal("tls", &cflags, "not supported");
