@@ -8,7 +8,7 @@ use nix::libc;
 use serde::Serialize;
 
 use ulp_runtime::hash::{hex, masked_hash};
-use ulp_runtime::link::{self, LinkedImage, Plan, Protection};
+use ulp_runtime::link::{self, LinkedImage, Plan, Protection, Resolved};
 use ulp_runtime::meta::{Binding, TargetSymbol};
 use ulp_runtime::state::{self, AppliedFunction, AppliedPatch};
 use ulp_runtime::x86_64::{self, JMP_REL32_LEN};
@@ -63,7 +63,11 @@ pub struct FunctionReport {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ReferenceReport {
     pub name: String,
+    /// Run-time address; 0 for a thread-local variable (see `tp_offset`).
     pub address: u64,
+    /// For a thread-local variable: its offset from the thread pointer, the same in every thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tp_offset: Option<i64>,
 }
 
 /// What `apply` did (or, for a dry run, would do).
@@ -115,7 +119,7 @@ pub fn symbol_label(symbol: &TargetSymbol) -> String {
 struct Inspection {
     target: Target,
     redirects: Vec<Redirect>,
-    external: Vec<u64>,
+    external: Vec<Resolved>,
     existing: Vec<AppliedPatch>,
     plan: Plan,
 }
@@ -212,7 +216,7 @@ fn inspect(
         .references
         .iter()
         .map(|r| {
-            target.resolve_reference(r, memory).map_err(|e| {
+            crate::tls::resolve_reference(&target, r, memory).map_err(|e| {
                 // A static symbol of an object without any symbol table: stripped, no debug file.
                 if r.binding == Binding::Local && target.patched_object().image.symtab.is_empty() {
                     refused!("wrong target: {e} (it has no symbol table and no debug file was found by build-id: stripped?)")
@@ -221,7 +225,7 @@ fn inspect(
                 }
             })
         })
-        .collect::<Result<Vec<u64>>>()?;
+        .collect::<Result<Vec<Resolved>>>()?;
     let plan = link::plan(patch, header_reserve(patch, &target));
     Ok(Inspection {
         target,
@@ -274,7 +278,7 @@ fn link_somewhere(
     );
     let mut last_error = None;
     for base in candidates {
-        match link::link(patch, &inspection.plan, base, &inspection.external) {
+        match link::link_resolved(patch, &inspection.plan, base, &inspection.external) {
             Ok(image) => {
                 let jumps: Option<Vec<_>> = inspection
                     .redirects
@@ -418,9 +422,16 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
             .references
             .iter()
             .zip(&inspection.external)
-            .map(|(r, &address)| ReferenceReport {
+            .map(|(r, &value)| ReferenceReport {
                 name: symbol_label(r),
-                address,
+                address: match value {
+                    Resolved::Address(address) => address,
+                    Resolved::ThreadPointerOffset(_) => 0,
+                },
+                tp_offset: match value {
+                    Resolved::Address(_) => None,
+                    Resolved::ThreadPointerOffset(offset) => Some(offset),
+                },
             })
             .collect(),
         stop_us: None,

@@ -26,6 +26,7 @@ pub mod stack;
 pub mod state_scan;
 pub mod symbols;
 pub mod target_object;
+pub mod tls;
 pub mod unwind;
 
 pub use error::{Error, Result};

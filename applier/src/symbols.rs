@@ -298,7 +298,7 @@ impl Target {
             }
             if found.kind == elf::STT_TLS {
                 return Err(refused!(
-                    "symbol '{}' is thread-local; TLS references are not supported yet",
+                    "symbol '{}' is thread-local: it has no address (only local-exec and initial-exec references reach it)",
                     symbol.name
                 ));
             }
@@ -342,7 +342,10 @@ impl Target {
     }
 }
 
-fn resolve_local<'a>(object: &'a LoadedObject, symbol: &TargetSymbol) -> Result<&'a ElfSymbol> {
+pub(crate) fn resolve_local<'a>(
+    object: &'a LoadedObject,
+    symbol: &TargetSymbol,
+) -> Result<&'a ElfSymbol> {
     let candidates: Vec<&ElfSymbol> = object
         .image
         .symtab
@@ -400,7 +403,7 @@ fn resolve_local<'a>(object: &'a LoadedObject, symbol: &TargetSymbol) -> Result<
 
 /// A defined global/weak symbol of `object`: `.symtab` then `.dynsym` for the executable, `.dynsym`
 /// (default version preferred) for libraries.
-fn find_global<'a>(
+pub(crate) fn find_global<'a>(
     object: &'a LoadedObject,
     name: &str,
     use_symtab: bool,

@@ -6,10 +6,13 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use object::elf;
 use serde::Serialize;
 
 use ulp_runtime::meta::Binding;
-use ulp_runtime::x86_64::{min_patchable_size, relocation_field_size, relocation_name};
+use ulp_runtime::x86_64::{
+    is_supported_tls, min_patchable_size, relocation_field_size, relocation_name,
+};
 
 use crate::closure::{Closure, Decision};
 use crate::compare::{cold_parent, masked_bytes, relocations_of, Changes, Meaning};
@@ -277,6 +280,51 @@ fn owner(new: &ObjectModel, section: usize) -> (String, String, Option<usize>) {
     }
 }
 
+/// Why a thread-local-storage relocation of carried code cannot be patched, or `None` when it can:
+/// local-exec (`R_X86_64_TPOFF32`) and initial-exec (`R_X86_64_GOTTPOFF`) references to an existing
+/// thread-local variable of the running program. A new thread-local variable is refused with its
+/// section (a patch cannot add to the TLS block of threads that already exist).
+fn tls_refusal(new: &ObjectModel, r_type: u32, decision: Option<&Decision>) -> Option<String> {
+    let name = relocation_name(r_type);
+    if !is_supported_tls(r_type) {
+        // One line per model: the types that come together name the same model the same way.
+        let (model, types) = match r_type {
+            elf::R_X86_64_TLSGD => ("general-dynamic", name),
+            elf::R_X86_64_TLSLD | elf::R_X86_64_DTPOFF32 | elf::R_X86_64_DTPOFF64 => (
+                "local-dynamic",
+                "R_X86_64_TLSLD, R_X86_64_DTPOFF32".to_string(),
+            ),
+            elf::R_X86_64_GOTPC32_TLSDESC | elf::R_X86_64_TLSDESC_CALL => (
+                "TLS-descriptor",
+                "R_X86_64_GOTPC32_TLSDESC, R_X86_64_TLSDESC_CALL".to_string(),
+            ),
+            _ => ("an unsupported", name),
+        };
+        return Some(format!(
+            "uses thread-local storage with the {model} model ({types}): not supported \
+             (only local-exec and initial-exec; build with -ftls-model=initial-exec)"
+        ));
+    }
+    match decision {
+        Some(Decision::External { symbol, .. })
+            if new.symbols[*symbol].st_type == SymbolType::Tls =>
+        {
+            None
+        }
+        Some(Decision::External { symbol, .. }) if new.symbols[*symbol].undefined => None,
+        Some(Decision::External { symbol, .. }) => Some(format!(
+            "uses '{}' as thread-local ({name}) but it is not a thread-local variable",
+            new.symbols[*symbol].name
+        )),
+        // A carried TLS section is refused as a new thread-local variable.
+        Some(Decision::Carried { section, .. }) if new.sections[*section].is_tls() => None,
+        _ => Some(format!(
+            "uses thread-local storage ({name}) of something that is not an existing thread-local \
+             variable: not supported"
+        )),
+    }
+}
+
 /// Carried code or data the patch format or applier cannot handle yet: thread-local storage,
 /// unsupported relocation types, relocations without a symbol, common symbols.
 pub fn carried_content(new: &ObjectModel, closure: &Closure) -> Vec<Refusal> {
@@ -297,17 +345,18 @@ pub fn carried_content(new: &ObjectModel, closure: &Closure) -> Vec<Refusal> {
         let mut seen = BTreeSet::new();
         let (what, name, symbol) = owner(new, s);
         for (i, reloc) in section.relocations.iter().enumerate() {
+            let decision = closure.decisions.get(&(s, i));
             let message = if is_tls_relocation(reloc.r_type) {
-                format!(
-                    "{what} uses thread-local storage ({}): not supported yet",
-                    relocation_name(reloc.r_type)
-                )
+                match tls_refusal(new, reloc.r_type, decision) {
+                    Some(message) => format!("{what} {message}"),
+                    None => continue,
+                }
             } else if relocation_field_size(reloc.r_type).is_none() {
                 format!(
                     "{what} uses relocation {}: not supported yet",
                     relocation_name(reloc.r_type)
                 )
-            } else if closure.decisions.get(&(s, i)) == Some(&Decision::Unresolved) {
+            } else if decision == Some(&Decision::Unresolved) {
                 format!(
                     "{what} has a relocation without a symbol at {:#x}",
                     reloc.offset

@@ -356,15 +356,53 @@ int main(void) { printf("%d\n", compute(2)); return 0; }
 "#;
     for flavour in FLAVOURS {
         match build(HELPER_OLD, new, flavour) {
+            // The variable is named; its uses in `compute` are not refused on their own.
             Analysis::Refused(reasons) => assert!(
-                reasons.iter().any(|r| r.contains("per_thread"))
-                    && reasons
-                        .iter()
-                        .any(|r| r.contains("compute") && r.contains("R_X86_64_")),
+                reasons
+                    .iter()
+                    .any(|r| r.contains("new thread-local variable 'per_thread'")),
                 "{flavour}: {reasons:?}"
             ),
             other => panic!("{flavour}: {other:?}"),
         }
+    }
+}
+
+#[test]
+fn existing_thread_local_variables_are_external_references() {
+    let old = r#"
+#include <stdio.h>
+static __thread int hits;
+extern __thread int total __attribute__((tls_model("initial-exec")));
+__attribute__((noipa)) int bump(int x) { hits += x; total += 1; return hits + total; }
+int main(void) { printf("%d\n", bump(2)); return 0; }
+"#;
+    let new = old.replace("hits += x;", "hits += 2 * x;");
+    for flavour in FLAVOURS {
+        let (patch, _) = patch(build(old, &new, flavour), flavour);
+        assert_eq!(replaced(&patch), set(&["bump"]), "{flavour}");
+        assert!(patch.meta.new_data.is_empty(), "{flavour}");
+        let refs = references(&patch);
+        assert!(
+            refs.contains("hits") && refs.contains("total"),
+            "{flavour}: {refs:?}"
+        );
+        let tls: BTreeSet<u32> = patch
+            .relocations
+            .iter()
+            .map(|r| r.r_type)
+            .filter(|&t| ulp_runtime::x86_64::is_supported_tls(t))
+            .collect();
+        assert_eq!(
+            tls,
+            [
+                object::elf::R_X86_64_TPOFF32,
+                object::elf::R_X86_64_GOTTPOFF
+            ]
+            .into_iter()
+            .collect(),
+            "{flavour}"
+        );
     }
 }
 

@@ -55,9 +55,17 @@ pub fn relocation_field_size(r_type: u32) -> Option<usize> {
         | elf::R_X86_64_32S
         | elf::R_X86_64_GOTPCREL
         | elf::R_X86_64_GOTPCRELX
-        | elf::R_X86_64_REX_GOTPCRELX => Some(4),
+        | elf::R_X86_64_REX_GOTPCRELX
+        | elf::R_X86_64_TPOFF32
+        | elf::R_X86_64_GOTTPOFF => Some(4),
         _ => None,
     }
+}
+
+/// Thread-local-storage relocation types the engine computes (local-exec and initial-exec), against
+/// existing thread-local variables of the running program only.
+pub fn is_supported_tls(r_type: u32) -> bool {
+    matches!(r_type, elf::R_X86_64_TPOFF32 | elf::R_X86_64_GOTTPOFF)
 }
 
 /// The psABI name of a relocation type, for messages.
@@ -85,13 +93,15 @@ pub fn relocation_name(r_type: u32) -> String {
 /// Bytes of a function that the static linker fills in or may rewrite for a relocation at `offset`:
 /// the field itself, and for the relaxable GOT loads (`R_X86_64_GOTPCRELX`, `R_X86_64_REX_GOTPCRELX`)
 /// the opcode, ModRM and REX bytes before it, which relaxation turns into `lea`, `mov $imm`,
-/// `addr32 call` or `jmp; nop`.
+/// `addr32 call` or `jmp; nop`. An initial-exec TLS load (`R_X86_64_GOTTPOFF`) is likewise relaxed to
+/// local-exec (`mov $imm`, `add $imm`, `lea`) in an executable that defines the variable, so its
+/// opcode, ModRM and REX bytes are masked too.
 pub fn linker_rewritten_bytes(r_type: u32, offset: u64) -> Option<ByteRange> {
     let size = relocation_field_size(r_type)? as u32;
     let offset = offset as u32;
     let before = match r_type {
         elf::R_X86_64_GOTPCRELX => 2,
-        elf::R_X86_64_REX_GOTPCRELX => 3,
+        elf::R_X86_64_REX_GOTPCRELX | elf::R_X86_64_GOTTPOFF => 3,
         _ => 0,
     }
     .min(offset);
@@ -138,6 +148,10 @@ mod tests {
         assert_eq!((r.offset, r.len), (7, 7));
         let r = linker_rewritten_bytes(elf::R_X86_64_PLT32, 1).unwrap();
         assert_eq!((r.offset, r.len), (1, 4));
-        assert!(linker_rewritten_bytes(elf::R_X86_64_TPOFF32, 1).is_none());
+        let r = linker_rewritten_bytes(elf::R_X86_64_TPOFF32, 5).unwrap();
+        assert_eq!((r.offset, r.len), (5, 4));
+        let r = linker_rewritten_bytes(elf::R_X86_64_GOTTPOFF, 3).unwrap();
+        assert_eq!((r.offset, r.len), (0, 7));
+        assert!(linker_rewritten_bytes(elf::R_X86_64_TLSGD, 4).is_none());
     }
 }

@@ -490,6 +490,16 @@ impl Patch {
                     section.name, reloc.offset
                 )));
             }
+            if crate::x86_64::is_supported_tls(reloc.r_type)
+                && !matches!(reloc.target, RelocTarget::External(_))
+            {
+                return Err(invalid(format!(
+                    "{} at {}+{:#x} refers to a thread-local variable of the patch (new thread-local variables are not supported)",
+                    crate::x86_64::relocation_name(reloc.r_type),
+                    section.name,
+                    reloc.offset
+                )));
+            }
         }
         if self.meta.name.chars().any(char::is_control) {
             return Err(invalid("patch name contains control characters"));

@@ -2,6 +2,10 @@
 //! and computes every relocation (psABI x86_64 formulas), with far-call stubs and GOT slots for symbols
 //! out of `rel32` reach. Every field is overflow-checked; nothing here touches a process.
 //!
+//! References to existing thread-local variables (local-exec `R_X86_64_TPOFF32`, initial-exec
+//! `R_X86_64_GOTTPOFF`) take the variable's offset from the thread pointer instead of an address
+//! ([`Resolved::ThreadPointerOffset`], [`link_resolved`]); the applier finds it in the target.
+//!
 //! Region layout, each part page-aligned because its protection differs:
 //! `[state header: R] [code + stubs: R-X] [constants + GOT: R] [data + bss: RW]`.
 
@@ -37,6 +41,19 @@ pub struct Plan {
     pub got_slots: BTreeMap<RelocTarget, u64>,
     /// Far-jump stub per external function called with `R_X86_64_PLT32`.
     pub stubs: BTreeMap<usize, u64>,
+    /// GOT slot (8 bytes, holding the thread-pointer offset) per external thread-local variable
+    /// loaded with `R_X86_64_GOTTPOFF`, by index into the references.
+    pub tp_got_slots: BTreeMap<usize, u64>,
+}
+
+/// The run-time value of one external reference ([`crate::meta::Meta::references`] entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    /// An ordinary symbol: its run-time address.
+    Address(u64),
+    /// A thread-local variable in static TLS: its offset from the thread pointer (the `%fs` base),
+    /// the same in every thread. x86_64 uses TLS variant II, so it is negative.
+    ThreadPointerOffset(i64),
 }
 
 /// A loaded part with its final bytes.
@@ -76,6 +93,14 @@ pub enum LinkError {
     },
     #[error("{count} external addresses given for {expected} references")]
     AddressCount { count: usize, expected: usize },
+    #[error("{r_type} at {section}+{offset:#x} against {target}: {problem}")]
+    ThreadLocal {
+        section: String,
+        offset: u64,
+        r_type: String,
+        target: String,
+        problem: &'static str,
+    },
 }
 
 fn align_up(value: u64, align: u64) -> u64 {
@@ -112,6 +137,7 @@ pub fn plan(patch: &Patch, header_bytes: u64) -> Plan {
     let header_size = align_up(header_bytes.max(1), PAGE_SIZE);
     let mut got_slots = BTreeMap::new();
     let mut stubs = BTreeMap::new();
+    let mut tp_got_slots = BTreeMap::new();
     for reloc in &patch.relocations {
         if uses_got(reloc.r_type) {
             got_slots.insert(reloc.target, 0);
@@ -119,6 +145,10 @@ pub fn plan(patch: &Patch, header_bytes: u64) -> Plan {
         if let (elf::R_X86_64_PLT32, RelocTarget::External(index)) = (reloc.r_type, reloc.target) {
             stubs.insert(index, 0);
             got_slots.insert(reloc.target, 0);
+        }
+        if let (elf::R_X86_64_GOTTPOFF, RelocTarget::External(index)) = (reloc.r_type, reloc.target)
+        {
+            tp_got_slots.insert(index, 0);
         }
     }
 
@@ -149,7 +179,7 @@ pub fn plan(patch: &Patch, header_bytes: u64) -> Plan {
             }
         }
         if part == 1 {
-            for slot in got_slots.values_mut() {
+            for slot in got_slots.values_mut().chain(tp_got_slots.values_mut()) {
                 cursor = align_up(cursor, 8);
                 *slot = cursor;
                 cursor += 8;
@@ -168,6 +198,7 @@ pub fn plan(patch: &Patch, header_bytes: u64) -> Plan {
         parts,
         got_slots,
         stubs,
+        tp_got_slots,
     }
 }
 
@@ -178,6 +209,18 @@ pub fn link(
     plan: &Plan,
     base: u64,
     external: &[u64],
+) -> Result<LinkedImage, LinkError> {
+    let resolved: Vec<Resolved> = external.iter().map(|&a| Resolved::Address(a)).collect();
+    link_resolved(patch, plan, base, &resolved)
+}
+
+/// Like [`link`], with each reference resolved either to an address or, for a thread-local
+/// variable, to its thread-pointer offset.
+pub fn link_resolved(
+    patch: &Patch,
+    plan: &Plan,
+    base: u64,
+    external: &[Resolved],
 ) -> Result<LinkedImage, LinkError> {
     if external.len() != patch.meta.references.len() {
         return Err(LinkError::AddressCount {
@@ -195,13 +238,43 @@ pub fn link(
         .iter()
         .map(|s| base + plan.section_offsets[s.section] + s.offset)
         .collect();
-    let address_of = |target: RelocTarget| match target {
-        RelocTarget::Symbol(i) => symbol_addresses[i],
-        RelocTarget::Section(i) => base + plan.section_offsets[i],
+    let value_of = |target: RelocTarget| match target {
+        RelocTarget::Symbol(i) => Resolved::Address(symbol_addresses[i]),
+        RelocTarget::Section(i) => Resolved::Address(base + plan.section_offsets[i]),
         RelocTarget::External(i) => external[i],
     };
+    let misuse = |reloc: &crate::patch::Relocation, problem: &'static str| LinkError::ThreadLocal {
+        section: patch.sections[reloc.section].name.clone(),
+        offset: reloc.offset,
+        r_type: relocation_name(reloc.r_type),
+        target: describe(patch, reloc.target),
+        problem,
+    };
+    // An address where one is needed; a thread-local variable has none the patch could use.
+    let address_of = |reloc: &crate::patch::Relocation| {
+        match value_of(reloc.target) {
+        Resolved::Address(a) => Ok(a),
+        Resolved::ThreadPointerOffset(_) => Err(misuse(
+            reloc,
+            "a thread-local variable can only be reached with R_X86_64_TPOFF32 or R_X86_64_GOTTPOFF",
+        )),
+    }
+    };
+    for reloc in &patch.relocations {
+        if !x86_64::is_supported_tls(reloc.r_type) {
+            address_of(reloc)?;
+        }
+    }
     for (&target, &slot) in &plan.got_slots {
-        region[slot as usize..slot as usize + 8].copy_from_slice(&address_of(target).to_le_bytes());
+        let Resolved::Address(address) = value_of(target) else {
+            continue; // refused above: no relocation that uses this slot reaches here
+        };
+        region[slot as usize..slot as usize + 8].copy_from_slice(&address.to_le_bytes());
+    }
+    for (&index, &slot) in &plan.tp_got_slots {
+        if let Resolved::ThreadPointerOffset(offset) = external[index] {
+            region[slot as usize..slot as usize + 8].copy_from_slice(&offset.to_le_bytes());
+        }
     }
     for (&index, &stub) in &plan.stubs {
         let slot = plan.got_slots[&RelocTarget::External(index)];
@@ -215,8 +288,29 @@ pub fn link(
         let field_at = plan.section_offsets[reloc.section] + reloc.offset;
         let place = base + field_at;
         let a = reloc.addend as i128;
-        let s = address_of(reloc.target) as i128;
         let p = place as i128;
+        let tp_offset = match (x86_64::is_supported_tls(reloc.r_type), reloc.target) {
+            (false, _) => None,
+            (true, RelocTarget::External(i)) => match external[i] {
+                Resolved::ThreadPointerOffset(offset) => Some(offset as i128),
+                Resolved::Address(_) => {
+                    return Err(misuse(
+                        reloc,
+                        "the reference is not a thread-local variable",
+                    ))
+                }
+            },
+            (true, _) => {
+                return Err(misuse(
+                    reloc,
+                    "new thread-local variables are not supported",
+                ))
+            }
+        };
+        let s = match tp_offset {
+            Some(_) => 0,
+            None => address_of(reloc)? as i128,
+        };
         let overflow = |value: i128| LinkError::Overflow {
             section: section.name.clone(),
             offset: reloc.offset,
@@ -249,6 +343,23 @@ pub fn link(
                 .map_err(|_| overflow(s + a))?
                 .to_le_bytes()
                 .to_vec(),
+            elf::R_X86_64_TPOFF32 => {
+                let value = tp_offset.unwrap_or_default() + a;
+                i32::try_from(value)
+                    .map_err(|_| overflow(value))?
+                    .to_le_bytes()
+                    .to_vec()
+            }
+            elf::R_X86_64_GOTTPOFF => {
+                let RelocTarget::External(i) = reloc.target else {
+                    unreachable!("checked above: TLS relocations are against references")
+                };
+                let value = (base + plan.tp_got_slots[&i]) as i128 + a - p;
+                i32::try_from(value)
+                    .map_err(|_| overflow(value))?
+                    .to_le_bytes()
+                    .to_vec()
+            }
             r if uses_got(r) => {
                 let value = (base + plan.got_slots[&reloc.target]) as i128 + a - p;
                 i32::try_from(value)

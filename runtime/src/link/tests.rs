@@ -157,3 +157,100 @@ fn wrong_number_of_addresses_is_an_error() {
         Err(LinkError::AddressCount { .. })
     ));
 }
+
+#[test]
+fn local_exec_tls_field_is_the_thread_pointer_offset_plus_addend() {
+    let mut patch = sample_patch();
+    // `mov %fs:counter@tpoff+4, %eax`: the field is the variable's offset from %fs plus A.
+    patch.relocations[1].r_type = object::elf::R_X86_64_TPOFF32;
+    patch.relocations[1].addend = 4;
+    let plan = plan(&patch, 100);
+    assert!(plan.tp_got_slots.is_empty());
+    let external = [
+        Resolved::ThreadPointerOffset(-0x10),
+        Resolved::Address(BASE),
+    ];
+    let image = link_resolved(&patch, &plan, BASE, &external).unwrap();
+    let text = BASE + plan.section_offsets[0];
+    assert_eq!(read_i32(&image, text + 7), -0x10 + 4);
+}
+
+#[test]
+fn initial_exec_tls_loads_a_slot_holding_the_thread_pointer_offset() {
+    let mut patch = sample_patch();
+    patch.relocations[1].r_type = object::elf::R_X86_64_GOTTPOFF;
+    let plan = plan(&patch, 100);
+    let external = [
+        Resolved::ThreadPointerOffset(-0x2038),
+        Resolved::Address(BASE),
+    ];
+    let image = link_resolved(&patch, &plan, BASE, &external).unwrap();
+    let text = BASE + plan.section_offsets[0];
+    let slot = BASE + plan.tp_got_slots[&0];
+    assert!(!plan.got_slots.contains_key(&RelocTarget::External(0)));
+    // G + A - P, A = -4 as for any RIP-relative load.
+    assert_eq!(
+        read_i32(&image, text + 7) as i64,
+        slot as i64 - 4 - (text + 7) as i64
+    );
+    assert_eq!(read_u64(&image, slot) as i64, -0x2038);
+    // The slot lies in the read-only part, like every GOT slot.
+    let part = plan
+        .parts
+        .iter()
+        .find(|p| (BASE + p.0..BASE + p.0 + p.1).contains(&slot))
+        .unwrap();
+    assert_eq!(part.2, Protection::ReadOnly);
+}
+
+#[test]
+fn tls_and_address_references_are_not_mixed_up() {
+    let mut patch = sample_patch();
+    let plan_plain = plan(&patch, 100);
+    // A thread-local variable used as if it had an address.
+    let error = link_resolved(
+        &patch,
+        &plan_plain,
+        BASE,
+        &[Resolved::ThreadPointerOffset(-8), Resolved::Address(BASE)],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, LinkError::ThreadLocal { target, .. } if target == "counter.0"),
+        "{error}"
+    );
+    // A TLS relocation against an ordinary symbol.
+    patch.relocations[1].r_type = object::elf::R_X86_64_TPOFF32;
+    let plan_tls = plan(&patch, 100);
+    let error = link(&patch, &plan_tls, BASE, &[BASE, BASE]).unwrap_err();
+    assert!(matches!(error, LinkError::ThreadLocal { .. }), "{error}");
+}
+
+#[test]
+fn tls_relocation_against_a_patch_symbol_is_refused() {
+    let mut patch = sample_patch();
+    patch.relocations[1].r_type = object::elf::R_X86_64_TPOFF32;
+    patch.relocations[1].target = RelocTarget::Symbol(3);
+    let plan = plan(&patch, 100);
+    let error = link(&patch, &plan, BASE, &[BASE, BASE]).unwrap_err();
+    assert!(
+        error.to_string().contains("new thread-local variables"),
+        "{error}"
+    );
+    assert!(patch.validate().is_err());
+}
+
+#[test]
+fn tls_offset_out_of_32_bits_is_an_overflow() {
+    let mut patch = sample_patch();
+    patch.relocations[1].r_type = object::elf::R_X86_64_TPOFF32;
+    let plan = plan(&patch, 100);
+    let external = [
+        Resolved::ThreadPointerOffset(-(1 << 40)),
+        Resolved::Address(BASE),
+    ];
+    assert!(matches!(
+        link_resolved(&patch, &plan, BASE, &external),
+        Err(LinkError::Overflow { .. })
+    ));
+}
