@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test demo lint
+.PHONY: all build test demo lint man
 
 all: build
 
@@ -20,3 +20,9 @@ demo: build
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Man pages and bash/zsh/fish completions, generated from the tools' clap definitions.
+man:
+	$(CARGO) run -q -p ulp-build --example man -- target/man
+	$(CARGO) run -q -p ulp-apply --example man -- target/man
+	@echo "written to target/man (man -l target/man/ulp-apply.1)"
