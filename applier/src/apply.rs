@@ -23,7 +23,6 @@ use crate::remote_syscall::{find_syscall_instruction, RemoteSyscaller};
 use crate::safety::Guarded;
 use crate::state_scan;
 use crate::symbols::Target;
-use crate::unwind::FrameTable;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -461,11 +460,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         ));
     }
 
-    // Without frame information busy threads are still caught, only less directly (see quiesce).
-    let frames = FrameTable::load(&format!("/proc/{pid}/exe"), inspection.target.exe.bias)
-        .ok()
-        .flatten();
-    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, frames.as_ref(), options.timeout)?;
+    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, options.timeout)?;
     report.attempts = safe.bursts + 1;
     commit(
         &memory,

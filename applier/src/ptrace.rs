@@ -51,12 +51,21 @@ pub fn thread_ids(pid: i32) -> Result<Vec<i32>> {
     Ok(tids)
 }
 
-/// Seize and interrupt `tid`; `Ok(false)` if the thread no longer exists.
-fn seize_and_interrupt(pid: i32, tid: i32) -> Result<bool> {
+/// Seize and interrupt `tid`; `Ok(false)` if the thread no longer exists. With `follow_clones`,
+/// threads it creates from now on are traced too (`PTRACE_O_TRACECLONE`): each starts in a
+/// `PTRACE_EVENT_STOP`, and the creator reports a `PTRACE_EVENT_CLONE` stop naming it.
+fn seize_and_interrupt(pid: i32, tid: i32, follow_clones: bool) -> Result<bool> {
     let p = Pid::from_raw(tid);
-    match ptrace::seize(p, ptrace::Options::empty()) {
+    let options = if follow_clones {
+        ptrace::Options::PTRACE_O_TRACECLONE
+    } else {
+        ptrace::Options::empty()
+    };
+    match ptrace::seize(p, options) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(false),
+        // Already ours: a thread attached automatically when a traced thread created it.
+        Err(Errno::EPERM) if ptrace::interrupt(p).is_ok() => return Ok(true),
         Err(e) => return Err(failed!("cannot trace thread {tid} of process {pid}: {e}")),
     }
     match ptrace::interrupt(p) {
@@ -71,14 +80,28 @@ fn seize_and_interrupt(pid: i32, tid: i32) -> Result<bool> {
     }
 }
 
-/// Wait until a seized, interrupted thread stops; `None` if it exited meanwhile.
-fn wait_for_stop(pid: i32, tid: i32) -> Result<Option<Stop>> {
+/// The thread created by `tid` if `status` is its `PTRACE_EVENT_CLONE` stop.
+fn clone_child(tid: i32, status: &WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::PtraceEvent(_, _, event) if *event == nix::libc::PTRACE_EVENT_CLONE => {
+            let child = ptrace::getevent(Pid::from_raw(tid)).ok()?;
+            i32::try_from(child).ok().filter(|&c| c > 0)
+        }
+        _ => None,
+    }
+}
+
+/// Wait until a seized, interrupted thread stops; `None` if it exited meanwhile. A thread it
+/// created (reported by a `PTRACE_EVENT_CLONE` stop) is added to `children`.
+fn wait_for_stop(pid: i32, tid: i32, children: &mut Vec<i32>) -> Result<Option<Stop>> {
     loop {
         match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
             Ok(WaitStatus::Stopped(_, sig)) => return Ok(Some(Stop::Signal(sig))),
-            Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::PtraceSyscall(_)) => {
-                return Ok(Some(Stop::Event))
+            Ok(status @ WaitStatus::PtraceEvent(..)) => {
+                children.extend(clone_child(tid, &status));
+                return Ok(Some(Stop::Event));
             }
+            Ok(WaitStatus::PtraceSyscall(_)) => return Ok(Some(Stop::Event)),
             Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(None),
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(Errno::ECHILD) => return Ok(None),
@@ -140,10 +163,10 @@ impl StoppedThread {
         let mut tids = thread_ids(pid)?;
         tids.sort_by_key(|&t| t != pid);
         for tid in tids {
-            if !seize_and_interrupt(pid, tid)? {
+            if !seize_and_interrupt(pid, tid, false)? {
                 continue;
             }
-            let Some(stop) = wait_for_stop(pid, tid)? else {
+            let Some(stop) = wait_for_stop(pid, tid, &mut Vec::new())? else {
                 continue;
             };
             let thread = Thread {
@@ -176,7 +199,7 @@ impl StoppedThread {
                 }
             }
             ptrace::step(p, None).map_err(|e| failed!("cannot single-step thread {tid}: {e}"))?;
-            let Some(stop) = wait_for_stop(self.pid, tid)? else {
+            let Some(stop) = wait_for_stop(self.pid, tid, &mut Vec::new())? else {
                 return Err(failed!("thread {tid} of process {} exited", self.pid));
             };
             self.thread.stop = stop;
@@ -242,12 +265,13 @@ impl AllThreads {
             let mut interrupted = Vec::new();
             for tid in new {
                 self.known.push(tid);
-                if seize_and_interrupt(pid, tid)? {
+                if seize_and_interrupt(pid, tid, true)? {
                     interrupted.push(tid);
                 }
             }
+            let mut children = Vec::new();
             for tid in interrupted {
-                if let Some(stop) = wait_for_stop(pid, tid)? {
+                if let Some(stop) = wait_for_stop(pid, tid, &mut children)? {
                     self.threads.push(Thread {
                         tid,
                         stop,
@@ -255,10 +279,33 @@ impl AllThreads {
                     });
                 }
             }
+            self.adopt(children)?;
         }
         Err(failed!(
             "process {pid} keeps creating threads; cannot stop them all"
         ))
+    }
+
+    /// Take in threads that traced threads created (`PTRACE_EVENT_CLONE`): they are traced already
+    /// and start stopped; wait for that first stop. A child that is itself reported creating a
+    /// thread before its first stop is followed the same way.
+    fn adopt(&mut self, mut children: Vec<i32>) -> Result<()> {
+        while let Some(tid) = children.pop() {
+            if self.threads.iter().any(|t| t.tid == tid) {
+                continue;
+            }
+            if !self.known.contains(&tid) {
+                self.known.push(tid);
+            }
+            if let Some(stop) = wait_for_stop(self.pid, tid, &mut children)? {
+                self.threads.push(Thread {
+                    tid,
+                    stop,
+                    deferred: None,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Let only the threads `tids` run for `burst` while every other thread stays stopped, then stop
@@ -273,9 +320,10 @@ impl AllThreads {
         }
         std::thread::sleep(burst);
         let mut gone = Vec::new();
+        let mut children = Vec::new();
         for tid in running {
             let stop = match ptrace::interrupt(Pid::from_raw(tid)) {
-                Ok(()) => wait_for_stop(pid, tid)?,
+                Ok(()) => wait_for_stop(pid, tid, &mut children)?,
                 Err(Errno::ESRCH) => {
                     // Exited: reap it if it is waiting for its tracer.
                     let flags = WaitPidFlag::__WALL | WaitPidFlag::WNOHANG;
@@ -294,7 +342,7 @@ impl AllThreads {
             }
         }
         self.threads.retain(|t| !gone.contains(&t.tid));
-        Ok(())
+        self.adopt(children)
     }
 
     /// Resume the threads `tids` (delivering any signal they are owed) and wait until each stops on
@@ -314,6 +362,7 @@ impl AllThreads {
             running.push(thread.tid);
         }
         let mut gone = Vec::new();
+        let mut children = Vec::new();
         while !running.is_empty() {
             let past_deadline = Instant::now() >= deadline;
             let mut still = Vec::new();
@@ -359,8 +408,10 @@ impl AllThreads {
                             still.push(tid);
                         }
                     }
-                    Ok(_) => {
-                        // An event stop (a late interrupt): at the deadline that is the stop we want.
+                    Ok(status) => {
+                        // An event stop (a late interrupt, or a thread created, which stays
+                        // stopped until adopted below): at the deadline that is the stop we want.
+                        children.extend(clone_child(tid, &status));
                         thread.stop = Stop::Event;
                         if !past_deadline {
                             resume_with_owed_signal(thread)?;
@@ -377,7 +428,7 @@ impl AllThreads {
             }
         }
         self.threads.retain(|t| !gone.contains(&t.tid));
-        Ok(())
+        self.adopt(children)
     }
 
     /// Resume every thread now; returns how long the process was stopped.
