@@ -7,10 +7,9 @@
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::libc;
 use nix::libc::user_regs_struct;
 use nix::sys::ptrace;
-use nix::sys::signal::{self, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::error::{failed, Result};
@@ -20,8 +19,9 @@ use crate::error::{failed, Result};
 pub enum Stop {
     /// Our interrupt, a group-stop or another ptrace event stop: no signal to deliver.
     Event,
-    /// A signal-delivery-stop: this signal must be delivered when the thread resumes.
-    Signal(Signal),
+    /// A signal-delivery-stop: this signal (a raw number: realtime signals included) must be
+    /// delivered when the thread resumes.
+    Signal(i32),
 }
 
 /// One traced, stopped thread.
@@ -30,8 +30,9 @@ pub struct Thread {
     pub tid: i32,
     /// The kind of stop the thread is in now.
     pub stop: Stop,
-    /// A signal taken out of the thread's way while we worked; raised again after detaching.
-    pub deferred: Option<Signal>,
+    /// Signals taken out of the thread's way while we worked, in order; raised again after
+    /// detaching (each one: realtime signals queue, so none may be dropped).
+    pub deferred: Vec<i32>,
 }
 
 /// The threads of `pid`, from `/proc/PID/task`.
@@ -80,10 +81,71 @@ fn seize_and_interrupt(pid: i32, tid: i32, follow_clones: bool) -> Result<bool> 
     }
 }
 
+/// What `waitpid` reported for one thread. Decoded here rather than with `nix::sys::wait`, which
+/// fails with `EINVAL` on a stop for a realtime signal (and the stop would be lost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    /// `WNOHANG` and nothing to report.
+    StillAlive,
+    /// Exited or killed.
+    Gone,
+    /// A signal-delivery-stop for this signal.
+    Stopped(i32),
+    /// A ptrace event stop (`PTRACE_EVENT_*`, including the `PTRACE_EVENT_STOP` of an interrupt or
+    /// a group-stop), or a syscall stop.
+    Event(i32),
+}
+
+fn wait(tid: i32, nohang: bool) -> std::result::Result<Status, Errno> {
+    let mut status = 0;
+    let flags = libc::__WALL | if nohang { libc::WNOHANG } else { 0 };
+    let r = unsafe { libc::waitpid(tid, &mut status, flags) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    if r == 0 {
+        return Ok(Status::StillAlive);
+    }
+    Ok(if libc::WIFSTOPPED(status) {
+        let event = status >> 16;
+        let sig = libc::WSTOPSIG(status);
+        if event != 0 || sig == libc::SIGTRAP | 0x80 {
+            Status::Event(event)
+        } else {
+            Status::Stopped(sig)
+        }
+    } else if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+        Status::Gone
+    } else {
+        Status::StillAlive
+    })
+}
+
+/// `PTRACE_CONT`, `PTRACE_SINGLESTEP` or `PTRACE_DETACH` with a raw signal number (0: none).
+fn request(request: libc::c_uint, tid: i32, sig: i32) -> std::result::Result<(), Errno> {
+    let r = unsafe {
+        libc::ptrace(
+            request,
+            tid,
+            std::ptr::null_mut::<libc::c_void>(),
+            sig as libc::c_long as *mut libc::c_void,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// The signal a stop owes the thread (0: none).
+fn owed(stop: Stop) -> i32 {
+    match stop {
+        Stop::Signal(sig) => sig,
+        Stop::Event => 0,
+    }
+}
+
 /// The thread created by `tid` if `status` is its `PTRACE_EVENT_CLONE` stop.
-fn clone_child(tid: i32, status: &WaitStatus) -> Option<i32> {
+fn clone_child(tid: i32, status: Status) -> Option<i32> {
     match status {
-        WaitStatus::PtraceEvent(_, _, event) if *event == nix::libc::PTRACE_EVENT_CLONE => {
+        Status::Event(libc::PTRACE_EVENT_CLONE) => {
             let child = ptrace::getevent(Pid::from_raw(tid)).ok()?;
             i32::try_from(child).ok().filter(|&c| c > 0)
         }
@@ -95,15 +157,14 @@ fn clone_child(tid: i32, status: &WaitStatus) -> Option<i32> {
 /// created (reported by a `PTRACE_EVENT_CLONE` stop) is added to `children`.
 fn wait_for_stop(pid: i32, tid: i32, children: &mut Vec<i32>) -> Result<Option<Stop>> {
     loop {
-        match waitpid(Pid::from_raw(tid), Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::Stopped(_, sig)) => return Ok(Some(Stop::Signal(sig))),
-            Ok(status @ WaitStatus::PtraceEvent(..)) => {
-                children.extend(clone_child(tid, &status));
+        match wait(tid, false) {
+            Ok(Status::Stopped(sig)) => return Ok(Some(Stop::Signal(sig))),
+            Ok(status @ Status::Event(_)) => {
+                children.extend(clone_child(tid, status));
                 return Ok(Some(Stop::Event));
             }
-            Ok(WaitStatus::PtraceSyscall(_)) => return Ok(Some(Stop::Event)),
-            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) => return Ok(None),
-            Ok(_) | Err(Errno::EINTR) => continue,
+            Ok(Status::Gone) => return Ok(None),
+            Ok(Status::StillAlive) | Err(Errno::EINTR) => continue,
             Err(Errno::ECHILD) => return Ok(None),
             Err(e) => return Err(failed!("waiting for thread {tid} of process {pid}: {e}")),
         }
@@ -112,11 +173,7 @@ fn wait_for_stop(pid: i32, tid: i32, children: &mut Vec<i32>) -> Result<Option<S
 
 /// Let a stopped thread continue (still traced), delivering the signal it is owed, if any.
 fn resume_with_owed_signal(thread: &mut Thread) -> Result<()> {
-    let sig = match thread.stop {
-        Stop::Signal(sig) => Some(sig),
-        Stop::Event => None,
-    };
-    match ptrace::cont(Pid::from_raw(thread.tid), sig) {
+    match request(libc::PTRACE_CONT, thread.tid, owed(thread.stop)) {
         Ok(()) | Err(Errno::ESRCH) => {
             thread.stop = Stop::Event;
             Ok(())
@@ -127,15 +184,10 @@ fn resume_with_owed_signal(thread: &mut Thread) -> Result<()> {
 
 /// Resume a thread for good, delivering whatever signal it is owed.
 fn release(pid: i32, thread: &Thread) {
-    let p = Pid::from_raw(thread.tid);
-    let sig = match thread.stop {
-        Stop::Signal(sig) => Some(sig),
-        Stop::Event => None,
-    };
-    let _ = ptrace::detach(p, sig);
-    if let Some(sig) = thread.deferred {
+    let _ = request(libc::PTRACE_DETACH, thread.tid, owed(thread.stop));
+    for &sig in &thread.deferred {
         // Process-directed: the kernel hands it to a thread that does not block it.
-        let _ = signal::kill(Pid::from_raw(pid), sig);
+        unsafe { libc::kill(pid, sig) };
     }
 }
 
@@ -172,7 +224,7 @@ impl StoppedThread {
             let thread = Thread {
                 tid,
                 stop,
-                deferred: None,
+                deferred: Vec::new(),
             };
             let saved = match get_regs(tid) {
                 Ok(regs) => regs,
@@ -190,15 +242,16 @@ impl StoppedThread {
     /// `expected_rip`. Signals that arrive meanwhile are deferred, never lost.
     pub fn step_to(&mut self, expected_rip: u64) -> Result<user_regs_struct> {
         let tid = self.thread.tid;
-        let p = Pid::from_raw(tid);
         for _ in 0..64 {
             // A signal-delivery-stop we step from is taken out of the way; it is raised again later.
             if let Stop::Signal(sig) = self.thread.stop {
-                if sig != Signal::SIGTRAP {
-                    self.thread.deferred.get_or_insert(sig);
+                if sig != libc::SIGTRAP {
+                    self.thread.deferred.push(sig);
+                    self.thread.stop = Stop::Event;
                 }
             }
-            ptrace::step(p, None).map_err(|e| failed!("cannot single-step thread {tid}: {e}"))?;
+            request(libc::PTRACE_SINGLESTEP, tid, 0)
+                .map_err(|e| failed!("cannot single-step thread {tid}: {e}"))?;
             let Some(stop) = wait_for_stop(self.pid, tid, &mut Vec::new())? else {
                 return Err(failed!("thread {tid} of process {} exited", self.pid));
             };
@@ -218,7 +271,7 @@ impl Drop for StoppedThread {
     fn drop(&mut self) {
         let _ = ptrace::setregs(Pid::from_raw(self.thread.tid), self.saved);
         // The single-step trap is ours: do not deliver it.
-        if self.thread.stop == Stop::Signal(Signal::SIGTRAP) {
+        if self.thread.stop == Stop::Signal(libc::SIGTRAP) {
             self.thread.stop = Stop::Event;
         }
         release(self.pid, &self.thread);
@@ -275,7 +328,7 @@ impl AllThreads {
                     self.threads.push(Thread {
                         tid,
                         stop,
-                        deferred: None,
+                        deferred: Vec::new(),
                     });
                 }
             }
@@ -301,7 +354,7 @@ impl AllThreads {
                 self.threads.push(Thread {
                     tid,
                     stop,
-                    deferred: None,
+                    deferred: Vec::new(),
                 });
             }
         }
@@ -326,8 +379,7 @@ impl AllThreads {
                 Ok(()) => wait_for_stop(pid, tid, &mut children)?,
                 Err(Errno::ESRCH) => {
                     // Exited: reap it if it is waiting for its tracer.
-                    let flags = WaitPidFlag::__WALL | WaitPidFlag::WNOHANG;
-                    let _ = waitpid(Pid::from_raw(tid), Some(flags));
+                    let _ = wait(tid, true);
                     None
                 }
                 Err(e) => return Err(failed!("cannot interrupt thread {tid}: {e}")),
@@ -374,44 +426,37 @@ impl AllThreads {
                         Err(e) => return Err(failed!("cannot interrupt thread {tid}: {e}")),
                     }
                 }
-                let flags = if past_deadline {
-                    WaitPidFlag::__WALL
-                } else {
-                    WaitPidFlag::__WALL | WaitPidFlag::WNOHANG
-                };
                 let Some(thread) = self.threads.iter_mut().find(|t| t.tid == tid) else {
                     continue;
                 };
-                match waitpid(p, Some(flags)) {
-                    Ok(WaitStatus::StillAlive) => still.push(tid),
-                    Ok(WaitStatus::Exited(..))
-                    | Ok(WaitStatus::Signaled(..))
-                    | Err(Errno::ECHILD) => gone.push(tid),
-                    Ok(WaitStatus::Stopped(_, Signal::SIGTRAP)) => {
+                match wait(tid, !past_deadline) {
+                    Ok(Status::StillAlive) => still.push(tid),
+                    Ok(Status::Gone) | Err(Errno::ECHILD) => gone.push(tid),
+                    Ok(Status::Stopped(libc::SIGTRAP)) => {
                         let mut regs = get_regs(tid)?;
                         if breakpoints.contains(&regs.rip.wrapping_sub(1)) {
                             regs.rip -= 1;
                             set_regs(tid, regs)?;
                             thread.stop = Stop::Event;
                         } else if past_deadline {
-                            thread.stop = Stop::Signal(Signal::SIGTRAP);
+                            thread.stop = Stop::Signal(libc::SIGTRAP);
                         } else {
-                            thread.stop = Stop::Signal(Signal::SIGTRAP);
+                            thread.stop = Stop::Signal(libc::SIGTRAP);
                             resume_with_owed_signal(thread)?;
                             still.push(tid);
                         }
                     }
-                    Ok(WaitStatus::Stopped(_, sig)) => {
+                    Ok(Status::Stopped(sig)) => {
                         thread.stop = Stop::Signal(sig);
                         if !past_deadline {
                             resume_with_owed_signal(thread)?;
                             still.push(tid);
                         }
                     }
-                    Ok(status) => {
+                    Ok(status @ Status::Event(_)) => {
                         // An event stop (a late interrupt, or a thread created, which stays
                         // stopped until adopted below): at the deadline that is the stop we want.
-                        children.extend(clone_child(tid, &status));
+                        children.extend(clone_child(tid, status));
                         thread.stop = Stop::Event;
                         if !past_deadline {
                             resume_with_owed_signal(thread)?;

@@ -48,8 +48,7 @@ impl FrameTable {
     /// Read the `.eh_frame` of the object file at `path`, loaded with `bias`; `None` if it has none.
     pub fn load(path: &str, bias: u64) -> Result<Option<FrameTable>> {
         let data = std::fs::read(path).map_err(|e| failed!("cannot read {path}: {e}"))?;
-        FrameTable::parse(&data, bias)
-            .map_err(|e| failed!("{path} is not a valid ELF file: {e}"))
+        FrameTable::parse(&data, bias).map_err(|e| failed!("{path} is not a valid ELF file: {e}"))
     }
 
     /// The frame information of an ELF image in `data`, loaded with `bias`; `None` if it has none.
@@ -285,7 +284,9 @@ impl Unwinder {
                 self.pid, first.start, first.end
             );
             let path = first.path.as_deref()?;
-            std::fs::read(by_range).or_else(|_| std::fs::read(path)).ok()?
+            std::fs::read(by_range)
+                .or_else(|_| std::fs::read(path))
+                .ok()?
         };
         let file = object::File::parse(&*data).ok()?;
         let lowest = file.segments().map(|s| s.address()).min()?;
