@@ -65,8 +65,20 @@ fn seize_and_interrupt(pid: i32, tid: i32, follow_clones: bool) -> Result<bool> 
     match ptrace::seize(p, options) {
         Ok(()) => {}
         Err(Errno::ESRCH) => return Ok(false),
-        // Already ours: a thread attached automatically when a traced thread created it.
-        Err(Errno::EPERM) if ptrace::interrupt(p).is_ok() => return Ok(true),
+        Err(Errno::EPERM) => {
+            // Already ours: a thread attached automatically when a traced thread created it.
+            if ptrace::interrupt(p).is_ok() {
+                return Ok(true);
+            }
+            // Exited, not yet released by the kernel: the kernel refuses to attach to it.
+            if exiting(pid, tid) {
+                return Ok(false);
+            }
+            return Err(failed!(
+                "cannot trace thread {tid} of process {pid}: {} (traced by another program?)",
+                Errno::EPERM
+            ));
+        }
         Err(e) => return Err(failed!("cannot trace thread {tid} of process {pid}: {e}")),
     }
     match ptrace::interrupt(p) {
@@ -79,6 +91,30 @@ fn seize_and_interrupt(pid: i32, tid: i32, follow_clones: bool) -> Result<bool> 
             ))
         }
     }
+}
+
+/// Collect the exit of a traced thread that is gone, waiting a little for it to be reported.
+fn reap(tid: i32) {
+    let deadline = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < deadline {
+        match wait(tid, true) {
+            Ok(Status::StillAlive) | Err(Errno::EINTR) => {
+                std::thread::sleep(Duration::from_micros(100))
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Thread `tid` is gone or exiting (state `Z` or `X` in `/proc/PID/task/TID/stat`).
+fn exiting(pid: i32, tid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    let state = stat
+        .rsplit_once(") ")
+        .and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some('Z' | 'X' | 'x') | None)
 }
 
 /// What `waitpid` reported for one thread. Decoded here rather than with `nix::sys::wait`, which
@@ -184,7 +220,32 @@ fn resume_with_owed_signal(thread: &mut Thread) -> Result<()> {
 
 /// Resume a thread for good, delivering whatever signal it is owed.
 fn release(pid: i32, thread: &Thread) {
-    let _ = request(libc::PTRACE_DETACH, thread.tid, owed(thread.stop));
+    let tid = thread.tid;
+    if request(libc::PTRACE_DETACH, tid, owed(thread.stop)) == Err(Errno::ESRCH) {
+        // Not in a ptrace-stop (an error path left it running) or gone: stop it to detach it, or
+        // reap it. Bounded, so that a thread that never stops cannot hang us.
+        if ptrace::interrupt(Pid::from_raw(tid)).is_ok() {
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline {
+                match wait(tid, true) {
+                    Ok(Status::StillAlive) | Err(Errno::EINTR) => {
+                        std::thread::sleep(Duration::from_micros(100))
+                    }
+                    Ok(Status::Stopped(sig)) => {
+                        let _ = request(libc::PTRACE_DETACH, tid, sig);
+                        break;
+                    }
+                    Ok(Status::Event(_)) => {
+                        let _ = request(libc::PTRACE_DETACH, tid, 0);
+                        break;
+                    }
+                    Ok(Status::Gone) | Err(_) => break,
+                }
+            }
+        } else {
+            reap(tid);
+        }
+    }
     for &sig in &thread.deferred {
         // Process-directed: the kernel hands it to a thread that does not block it.
         unsafe { libc::kill(pid, sig) };
@@ -315,24 +376,41 @@ impl AllThreads {
             if new.is_empty() {
                 return Ok(());
             }
+            // On an error, every thread seized so far is still waited for and kept, so that the
+            // guard releases it: a traced thread left behind would stay stopped for good.
+            let mut error = None;
             let mut interrupted = Vec::new();
             for tid in new {
                 self.known.push(tid);
-                if seize_and_interrupt(pid, tid, true)? {
-                    interrupted.push(tid);
+                match seize_and_interrupt(pid, tid, true) {
+                    Ok(true) => interrupted.push(tid),
+                    Ok(false) => {}
+                    Err(e) => {
+                        error.get_or_insert(e);
+                    }
                 }
             }
             let mut children = Vec::new();
             for tid in interrupted {
-                if let Some(stop) = wait_for_stop(pid, tid, &mut children)? {
-                    self.threads.push(Thread {
-                        tid,
-                        stop,
-                        deferred: Vec::new(),
-                    });
-                }
+                let stop = match wait_for_stop(pid, tid, &mut children) {
+                    Ok(Some(stop)) => stop,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        error.get_or_insert(e);
+                        Stop::Event
+                    }
+                };
+                self.threads.push(Thread {
+                    tid,
+                    stop,
+                    deferred: Vec::new(),
+                });
             }
-            self.adopt(children)?;
+            let adopted = self.adopt(children);
+            if let Some(e) = error {
+                return Err(e);
+            }
+            adopted?;
         }
         Err(failed!(
             "process {pid} keeps creating threads; cannot stop them all"
@@ -343,6 +421,7 @@ impl AllThreads {
     /// and start stopped; wait for that first stop. A child that is itself reported creating a
     /// thread before its first stop is followed the same way.
     fn adopt(&mut self, mut children: Vec<i32>) -> Result<()> {
+        let mut error = None;
         while let Some(tid) = children.pop() {
             if self.threads.iter().any(|t| t.tid == tid) {
                 continue;
@@ -350,15 +429,21 @@ impl AllThreads {
             if !self.known.contains(&tid) {
                 self.known.push(tid);
             }
-            if let Some(stop) = wait_for_stop(self.pid, tid, &mut children)? {
-                self.threads.push(Thread {
-                    tid,
-                    stop,
-                    deferred: Vec::new(),
-                });
-            }
+            let stop = match wait_for_stop(self.pid, tid, &mut children) {
+                Ok(Some(stop)) => stop,
+                Ok(None) => continue,
+                Err(e) => {
+                    error.get_or_insert(e);
+                    Stop::Event
+                }
+            };
+            self.threads.push(Thread {
+                tid,
+                stop,
+                deferred: Vec::new(),
+            });
         }
-        Ok(())
+        error.map_or(Ok(()), Err)
     }
 
     /// Let only the threads `tids` run for `burst` while every other thread stays stopped, then stop
@@ -379,7 +464,7 @@ impl AllThreads {
                 Ok(()) => wait_for_stop(pid, tid, &mut children)?,
                 Err(Errno::ESRCH) => {
                     // Exited: reap it if it is waiting for its tracer.
-                    let _ = wait(tid, true);
+                    reap(tid);
                     None
                 }
                 Err(e) => return Err(failed!("cannot interrupt thread {tid}: {e}")),

@@ -37,6 +37,27 @@ fn numbers(answer: &str) -> Vec<i64> {
         .collect()
 }
 
+/// No thread of `pid` is traced any more: every thread, also those created while we worked, was
+/// released.
+fn assert_untraced(pid: i32) {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = entry.unwrap().path().join("status");
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map(|t| t.trim().to_string());
+        assert_eq!(
+            tracer.as_deref(),
+            Some("0"),
+            "{} is still traced",
+            path.display()
+        );
+    }
+}
+
 fn options(timeout_ms: u64) -> ApplyOptions {
     ApplyOptions {
         timeout: Duration::from_millis(timeout_ms),
@@ -53,11 +74,36 @@ fn threads_created_while_applying_and_reverting_are_caught() {
     for round in 0..10 {
         apply(target.pid(), &patch, &ApplyOptions::default())
             .unwrap_or_else(|e| panic!("apply {round}: {e}"));
+        assert_untraced(target.pid());
         assert_eq!(target.ask("1"), "12", "after apply {round}");
         revert(target.pid(), None, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("revert {round}: {e}"));
+        assert_untraced(target.pid());
         assert_eq!(target.ask("1"), "2", "after revert {round}");
     }
+    assert!(target.alive());
+}
+
+#[test]
+fn threads_created_by_a_thread_that_runs_while_traced_are_followed() {
+    // The busy thread runs (traced) to the return-address breakpoint out of spawn_step(), creating
+    // a thread on its way: that thread is attached by PTRACE_O_TRACECLONE and stopped at once.
+    let dir = tempfile::tempdir().unwrap();
+    let exe = compile_target(dir.path(), &[]);
+    let mut target = Target::start(&exe, &["spawn", "churn"]);
+    assert_eq!(target.ask("spawn"), "1");
+    let patch = replace_function(&exe, "spawn_step", return_constant(12));
+    for round in 0..10 {
+        apply(target.pid(), &patch, &ApplyOptions::default())
+            .unwrap_or_else(|e| panic!("apply {round}: {e}"));
+        assert_untraced(target.pid());
+        assert_eq!(target.ask("spawn"), "12", "after apply {round}");
+        revert(target.pid(), None, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("revert {round}: {e}"));
+        assert_untraced(target.pid());
+        assert_eq!(target.ask("spawn"), "1", "after revert {round}");
+    }
+    assert_eq!(target.ask("1"), "2");
     assert!(target.alive());
 }
 

@@ -1,6 +1,8 @@
 /* Target for the stopping-and-safety tests (applier/tests/safety.rs). Modes, any number of them as
    arguments, each starting threads:
      churn    two threads create and join short-lived threads without pause
+     spawn    a thread calls spawn_step() in a loop, which creates a detached thread and returns 1;
+              query "spawn" answers its latest result (computed after the query arrived)
      hammer8  8 threads call answer() continuously; query "hammer" answers their latest results,
               each computed after the query arrived
      stale    a thread keeps answer+1 in a local of an active frame (never calling answer) and sleeps
@@ -69,6 +71,28 @@ static void *churn(void *arg) {
         pthread_t t;
         if (pthread_create(&t, NULL, nothing, NULL) == 0)
             pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
+static void *exit_at_once(void *arg) { return arg; }
+
+static pthread_attr_t detached;
+
+__attribute__((noinline)) int spawn_step(int x) {
+    pthread_t t;
+    pthread_create(&t, &detached, exit_at_once, NULL);
+    return x;
+}
+
+static _Atomic int spawn_result;
+static _Atomic unsigned long spawned;
+
+static void *spawner(void *arg) {
+    (void)arg;
+    for (;;) {
+        atomic_store(&spawn_result, spawn_step(1));
+        atomic_fetch_add(&spawned, 1);
     }
     return NULL;
 }
@@ -198,6 +222,11 @@ int main(int argc, char **argv) {
         start(churn, NULL);
         start(churn, NULL);
     }
+    if (mode(argc, argv, "spawn")) {
+        pthread_attr_init(&detached);
+        pthread_attr_setdetachstate(&detached, PTHREAD_CREATE_DETACHED);
+        start(spawner, NULL);
+    }
     if (mode(argc, argv, "hammer8"))
         for (long t = 0; t < NHAMMER; t++)
             start(hammer, (void *)t);
@@ -226,6 +255,11 @@ int main(int argc, char **argv) {
             int n = 0;
             for (int t = 0; t < NHAMMER; t++)
                 n += snprintf(out + n, sizeof out - n, "%s%d", t ? " " : "", atomic_load(&results[t]));
+        } else if (strcmp(line, "spawn") == 0) {
+            unsigned long since = atomic_load(&spawned);
+            while (atomic_load(&spawned) < since + 2)
+                sched_yield();
+            snprintf(out, sizeof out, "%d", atomic_load(&spawn_result));
         } else if (strcmp(line, "sleep") == 0) {
             snprintf(out, sizeof out, "%ld %ld %ld", (long)sleeps, (long)shortest_sleep_us / 1000,
                      (long)sleep_eintr);
