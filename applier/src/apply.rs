@@ -24,7 +24,6 @@ use crate::safety::Guarded;
 use crate::stack;
 use crate::state_scan;
 use crate::symbols::Target;
-use crate::unwind::FrameTable;
 
 /// How to apply.
 #[derive(Debug, Clone)]
@@ -497,14 +496,7 @@ pub fn apply(pid: i32, patch: &Patch, options: &ApplyOptions) -> Result<ApplyRep
         ));
     }
 
-    // Without frame information busy threads are still caught, only less directly (see quiesce).
-    let object = inspection.target.patched_object();
-    let frames_path = match inspection.target.patched {
-        None => format!("/proc/{pid}/exe"),
-        Some(_) => object.path.clone(),
-    };
-    let frames = FrameTable::load(&frames_path, object.bias).ok().flatten();
-    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, frames.as_ref(), options.timeout)?;
+    let safe = quiesce::stop_when_safe(pid, &memory, &guarded, options.timeout)?;
     report.attempts = safe.bursts + 1;
     // `--replace`: functions only earlier patches redirect get their original bytes back, then
     // the new jumps and header, then the earlier headers are retired, all in this one stop.

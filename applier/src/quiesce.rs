@@ -2,10 +2,10 @@
 //!
 //! Hot functions on busy threads are almost never idle everywhere at one instant, so retrying with
 //! every thread resumed rarely succeeds. Instead: stop every thread; keep the threads found safe
-//! stopped; let only the busy ones run until each has been caught outside the guarded code. A thread
-//! executing inside a guarded function gets an `int3` on its return address (found with the
-//! executable's `.eh_frame`) and runs until it reaches it; any other busy thread runs alone in short
-//! bursts and is stopped again. Because safe threads stay stopped, the set of safe threads only
+//! stopped; let only the busy ones run until each has been caught outside the guarded code. A busy
+//! thread whose stack unwinds (`.eh_frame` of every mapped object) gets an `int3` on the return
+//! address of its outermost guarded frame and runs until it reaches it; any other busy thread runs
+//! alone in short bursts and is stopped again. Because safe threads stay stopped, the set of safe threads only
 //! grows. A busy thread may be waiting for one of the stopped threads, so every
 //! [`ROUND`] everything is released briefly and the process starts over; after the timeout the
 //! operation is refused, naming the thread and the function, with every thread resumed.
@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::error::{refused, Result};
 use crate::maps;
 use crate::memory::Memory;
-use crate::ptrace::{self, AllThreads};
+use crate::ptrace::AllThreads;
 use crate::safety::{self, Busy, Guarded};
-use crate::unwind::FrameTable;
+use crate::unwind::Unwinder;
 
 /// How long busy threads get to leave the guarded code before everyone is released and we start over.
 const ROUND: Duration = Duration::from_millis(200);
@@ -32,14 +32,13 @@ pub struct SafeStop {
 }
 
 /// Stop every thread of `pid` such that no thread uses `guarded`, or refuse after `timeout`.
-/// `frames` is the call-frame information of the object holding the guarded code, when it has one.
 pub fn stop_when_safe(
     pid: i32,
     memory: &Memory,
     guarded: &[Guarded],
-    frames: Option<&FrameTable>,
     timeout: Duration,
 ) -> Result<SafeStop> {
+    let mut unwinder = Unwinder::new(pid);
     let started = Instant::now();
     let mut bursts = 0u32;
     loop {
@@ -49,7 +48,7 @@ pub fn stop_when_safe(
             crate::interrupt::check(pid)?;
             threads.catch_new()?;
             let maps_now = maps::read(pid)?;
-            let busy = safety::busy_threads(&threads, &maps_now, memory, guarded)?;
+            let busy = safety::busy_threads(&threads, &maps_now, memory, guarded, &mut unwinder)?;
             let Some(first) = busy.first() else {
                 return Ok(SafeStop { threads, bursts });
             };
@@ -64,7 +63,7 @@ pub fn stop_when_safe(
             if round.elapsed() >= ROUND {
                 break;
             }
-            let (catchable, returns) = return_breakpoints(&busy, guarded, frames, memory)?;
+            let (catchable, returns) = return_breakpoints(&busy, guarded, memory);
             if catchable.is_empty() {
                 let tids: Vec<i32> = busy.iter().map(|b| b.tid).collect();
                 threads.run_only(&tids, burst_length(bursts))?;
@@ -82,21 +81,12 @@ pub fn stop_when_safe(
     }
 }
 
-/// For each busy thread executing inside guarded code whose return address the frame information
-/// gives (and which lies outside guarded code): the threads, and the distinct return addresses.
-fn return_breakpoints(
-    busy: &[Busy],
-    guarded: &[Guarded],
-    frames: Option<&FrameTable>,
-    memory: &Memory,
-) -> Result<(Vec<i32>, Vec<u64>)> {
+/// The busy threads whose way out of the guarded code is known (a return address outside it that
+/// can be read), and the distinct addresses.
+fn return_breakpoints(busy: &[Busy], guarded: &[Guarded], memory: &Memory) -> (Vec<i32>, Vec<u64>) {
     let (mut tids, mut returns) = (Vec::new(), Vec::new());
-    let Some(frames) = frames else {
-        return Ok((tids, returns));
-    };
-    for b in busy.iter().filter(|b| b.executing) {
-        let regs = ptrace::get_regs(b.tid)?;
-        let Some(ra) = frames.return_address(&regs, memory) else {
+    for b in busy {
+        let Some(ra) = b.exit else {
             continue;
         };
         if safety::find(guarded, ra).is_none() && memory.read(ra, 1).is_ok() {
@@ -106,7 +96,7 @@ fn return_breakpoints(
             }
         }
     }
-    Ok((tids, returns))
+    (tids, returns)
 }
 
 /// `int3` written over the first byte of each address, with the original bytes kept to put back.

@@ -88,7 +88,7 @@ pub(crate) fn unmap_when_unused(
     memory: &Memory,
     timeout: Duration,
 ) -> Result<()> {
-    let safe = quiesce::stop_when_safe(pid, memory, guarded, None, timeout)?;
+    let safe = quiesce::stop_when_safe(pid, memory, guarded, timeout)?;
     // Nothing refers to the region any more, so once the threads run again none can enter it.
     safe.threads.resume();
     let mut remote = RemoteSyscaller::new(pid, maps, memory)?;

@@ -1,14 +1,18 @@
 //! The safety check made while every thread is stopped: no thread may be executing, or about to
-//! return into, code that the operation replaces or removes. Each thread's PC is checked, and every
-//! 8-byte word of its stack from `rsp` to the end of the stack's mapping (a conservative scan: any
-//! word that looks like a return address into a range counts). A word equal to a range's first byte
-//! is a function pointer, not a return address (a return address follows a call instruction), so it
-//! does not count.
+//! return into, code that the operation replaces or removes. Each thread's stack is unwound with the
+//! `.eh_frame` of every mapped object (`unwind`); the thread uses a range if any frame's PC lies in
+//! it. Where unwinding stops early (no frame information for a PC: a patch, JIT code, a signal
+//! trampoline), the rest of the stack, from the stack pointer of that frame to the end of its
+//! mapping, is scanned conservatively: any 8-byte word that looks like a return address into a range
+//! counts. A word equal to a range's first byte is a function pointer, not a return address (a
+//! return address follows a call instruction), so it does not count. Stale words below an unwound
+//! frame (old locals, spilled pointers) are thus never mistaken for a use.
 
 use crate::error::Result;
 use crate::maps::{self, Mapping};
 use crate::memory::Memory;
 use crate::ptrace::{self, AllThreads};
+use crate::unwind::Unwinder;
 
 /// A range of code that must not be in use, named for messages.
 #[derive(Debug, Clone)]
@@ -25,6 +29,9 @@ pub struct Busy {
     pub name: String,
     /// The thread's PC is inside the range (rather than a return address on its stack).
     pub executing: bool,
+    /// Where the thread goes when it leaves the guarded code for good: the return address of the
+    /// outermost frame in guarded code, when the unwinding found it (a breakpoint there catches it).
+    pub exit: Option<u64>,
 }
 
 /// Largest stack span scanned per thread.
@@ -36,44 +43,82 @@ pub fn busy_threads(
     maps: &[Mapping],
     memory: &Memory,
     guarded: &[Guarded],
+    unwinder: &mut Unwinder,
 ) -> Result<Vec<Busy>> {
     let mut busy = Vec::new();
     for thread in &threads.threads {
-        if let Some((g, executing)) = thread_use(thread.tid, maps, memory, guarded)? {
-            busy.push(Busy {
-                tid: thread.tid,
-                name: g.name.clone(),
-                executing,
-            });
+        if let Some(b) = thread_use(thread.tid, maps, memory, guarded, unwinder)? {
+            busy.push(b);
         }
     }
     Ok(busy)
 }
 
-/// The guarded range thread `tid` is executing in (`true`) or would return into (`false`), if any.
-fn thread_use<'a>(
+/// How thread `tid` uses `guarded`, if it does.
+fn thread_use(
     tid: i32,
     maps: &[Mapping],
     memory: &Memory,
-    guarded: &'a [Guarded],
-) -> Result<Option<(&'a Guarded, bool)>> {
+    guarded: &[Guarded],
+    unwinder: &mut Unwinder,
+) -> Result<Option<Busy>> {
     let regs = ptrace::get_regs(tid)?;
-    if let Some(g) = find(guarded, regs.rip) {
-        return Ok(Some((g, true)));
-    }
-    let rsp = regs.rsp & !7;
-    let Some(stack) = maps::find(maps, rsp) else {
+    let frames = unwinder.unwind(&regs, maps, memory);
+    // The code each frame runs: the PC, or the call just before a return address.
+    let code = |i: usize, pc: u64| if i == 0 { pc } else { pc.wrapping_sub(1) };
+    let outermost = frames
+        .pcs
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, &pc)| find(guarded, code(i, pc)).map(|g| (i, g)));
+    let scanned = match frames.stopped_at {
+        Some(sp) => scan(sp, maps, memory, guarded)?,
+        None => None,
+    };
+    let busy = match (outermost, scanned) {
+        (Some((i, g)), scanned) => Busy {
+            tid,
+            name: g.name.clone(),
+            executing: find(guarded, regs.rip).is_some(),
+            exit: if scanned.is_none() {
+                frames.pcs.get(i + 1).copied()
+            } else {
+                None
+            },
+        },
+        (None, Some(g)) => Busy {
+            tid,
+            name: g.name.clone(),
+            executing: false,
+            exit: None,
+        },
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(busy))
+}
+
+/// The conservative scan: the first guarded range an 8-byte word of the stack from `sp` up points
+/// into (past its first byte).
+fn scan<'a>(
+    sp: u64,
+    maps: &[Mapping],
+    memory: &Memory,
+    guarded: &'a [Guarded],
+) -> Result<Option<&'a Guarded>> {
+    let sp = sp & !7;
+    let Some(stack) = maps::find(maps, sp) else {
         return Ok(None);
     };
-    let end = stack.end.min(rsp.saturating_add(MAX_STACK_SCAN));
-    let mut at = rsp;
+    let end = stack.end.min(sp.saturating_add(MAX_STACK_SCAN));
+    let mut at = sp;
     while at < end {
         let len = (end - at).min(1 << 16) as usize;
         let bytes = memory.read(at, len)?;
         for word in bytes.chunks_exact(8) {
             let value = u64::from_le_bytes(word.try_into().expect("8 bytes"));
             if let Some(g) = guarded.iter().find(|g| g.start < value && value < g.end) {
-                return Ok(Some((g, false)));
+                return Ok(Some(g));
             }
         }
         at += len as u64;
