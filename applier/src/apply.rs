@@ -173,10 +173,23 @@ fn inspect(
                 };
                 refused!("wrong target: {e}{stripped}")
             })?;
+        // A function already patched is compared in its original form, so a patch built from an
+        // earlier fix instead of the original source is the usual cause; say so.
+        let stacked = existing
+            .iter()
+            .any(|p| p.functions.iter().any(|f| f.address == address));
         let mismatch = || {
-            refused!(
-                "function '{label}' in process {pid} does not match the patch (built from other sources?)"
-            )
+            if stacked {
+                refused!(
+                    "function '{label}' in process {pid} does not match the patch: it is already \
+                     patched, and every patch must be built against the original source, not an \
+                     earlier fix"
+                )
+            } else {
+                refused!(
+                    "function '{label}' in process {pid} does not match the patch (built from other sources?)"
+                )
+            }
         };
         if size != function.original_size {
             return Err(mismatch());

@@ -27,6 +27,9 @@ pub fn apply_text(r: &ApplyReport) -> String {
             r.stop_us.unwrap_or(0)
         )
     };
+    if !r.replaced.is_empty() {
+        out += &format!("  replaced patches {}\n", r.replaced.join(", "));
+    }
     for f in &r.functions {
         out += &format!("  {} at {:#x} -> {:#x}\n", f.name, f.address, f.new_address);
     }
