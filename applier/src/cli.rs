@@ -169,13 +169,16 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
         replace: args.replace,
         debug_dir: args.debug_dir.clone(),
     };
-    if let Some(bin) = &args.all {
-        interrupt::install()?;
-        let patch = read_patch_file(
+    let patch_file = || {
+        read_patch_file(
             args.patch
                 .as_deref()
                 .ok_or_else(|| failed!("no patch file given"))?,
-        )?;
+        )
+    };
+    if let Some(bin) = &args.all {
+        interrupt::install()?;
+        let patch = patch_file()?;
         let r = fleet::apply_all(bin, &patch, &options)?;
         emit(args.json, r.text(), r.json());
         return r.error().map_or(Ok(()), Err);
@@ -196,11 +199,7 @@ pub fn run_apply(args: &ApplyArgs) -> Result<()> {
         emit(args.json, report::revert_text(&r), report::revert_json(&r));
         return Ok(());
     }
-    let path = args
-        .patch
-        .as_deref()
-        .ok_or_else(|| failed!("no patch file given"))?;
-    let patch = read_patch_file(path)?;
+    let patch = patch_file()?;
     let r = apply(pid, &patch, &options)?;
     for warning in &r.warnings {
         eprintln!("warning: {warning}");

@@ -390,23 +390,9 @@ impl AllThreads {
                     }
                 }
             }
-            let mut children = Vec::new();
-            for tid in interrupted {
-                let stop = match wait_for_stop(pid, tid, &mut children) {
-                    Ok(Some(stop)) => stop,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        error.get_or_insert(e);
-                        Stop::Event
-                    }
-                };
-                self.threads.push(Thread {
-                    tid,
-                    stop,
-                    deferred: Vec::new(),
-                });
-            }
-            let adopted = self.adopt(children);
+            // The interrupted threads are waited for like clone children; children they report
+            // creating meanwhile are taken in by the same loop.
+            let adopted = self.adopt(interrupted);
             if let Some(e) = error {
                 return Err(e);
             }
@@ -417,9 +403,10 @@ impl AllThreads {
         ))
     }
 
-    /// Take in threads that traced threads created (`PTRACE_EVENT_CLONE`): they are traced already
-    /// and start stopped; wait for that first stop. A child that is itself reported creating a
-    /// thread before its first stop is followed the same way.
+    /// Take in threads that are traced and about to stop: threads we interrupted, and threads that
+    /// traced threads created (`PTRACE_EVENT_CLONE`, traced already and starting stopped). Wait for
+    /// each one's stop; a thread reported creating another before it stops is followed the same
+    /// way.
     fn adopt(&mut self, mut children: Vec<i32>) -> Result<()> {
         let mut error = None;
         while let Some(tid) = children.pop() {
